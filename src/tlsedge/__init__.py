@@ -1,0 +1,1 @@
+"""tlsedge: a self-hostable edge network."""
