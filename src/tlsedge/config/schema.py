@@ -117,6 +117,7 @@ class Config:
     path: Path
     server: ServerConfig
     sites: tuple[SiteConfig, ...]
+    warnings: tuple[str, ...] = ()  # things that work but deserve the operator's attention (logged at start)
 
     def site(self, name: str) -> SiteConfig:
         for site in self.sites:
