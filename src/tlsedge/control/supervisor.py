@@ -1,0 +1,174 @@
+"""The control process: opens listeners, forks worker generations, reloads on SIGHUP, drains on SIGTERM.
+
+It runs no event loop (workers are forked from it, and a forked child must not inherit a running loop); it waits
+for signals with `sigtimedwait`, which also reaps and restarts crashed workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+from tlsedge.config import ConfigError, load_config
+from tlsedge.config.schema import Config
+from tlsedge.control.listeners import ListenerSet
+from tlsedge.tls.server import TlsSetupError, TlsTable, build_tls_table
+from tlsedge.tls.tickets import load_or_create_ticket_keys
+
+log = logging.getLogger("tlsedge.control")
+
+_SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+_KILL_GRACE = 5.0
+
+
+class Generation:
+    """The workers started from one configuration."""
+
+    def __init__(self, config: Config, tls: TlsTable | None, sockets: list) -> None:
+        self.config = config
+        self.tls = tls
+        self.sockets = sockets
+        self.pids: set[int] = set()
+
+
+class Supervisor:
+    """Owns listeners and worker processes for one configuration file."""
+
+    def __init__(self, config_path: Path, config: Config) -> None:
+        self.config_path = config_path
+        self.listeners = ListenerSet()
+        self.current: Generation | None = None
+        self.old: list[Generation] = []
+        self.stopping = False
+        self._initial = config
+
+    def run(self) -> int:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        config = self._initial
+        for warning in config.warnings:
+            log.warning("%s", warning)
+        generation = self._prepare(config)
+        self._spawn_all(generation)
+        self.current = generation
+        log.info("tlsedge started: %d workers, %d sites, pid %d", len(generation.pids), len(config.sites),
+                 os.getpid())
+        while True:
+            info = signal.sigtimedwait(_SIGNALS, 1.0)
+            self._reap()
+            if info is None:
+                continue
+            if info.si_signo == signal.SIGHUP:
+                self.reload()
+            elif info.si_signo in (signal.SIGTERM, signal.SIGINT):
+                return self.shutdown()
+
+    def _prepare(self, config: Config) -> Generation:
+        """Everything a generation needs, built before forking so workers share it (and fail early here)."""
+        sockets = self.listeners.update(config.server.https, config.server.http)
+        tls = None
+        if config.server.https:
+            keys = load_or_create_ticket_keys(config.server.state_dir)
+            tls = build_tls_table(config, keys)
+        return Generation(config, tls, sockets)
+
+    def _spawn_all(self, generation: Generation) -> None:
+        for _ in range(generation.config.server.workers):
+            self._spawn(generation)
+
+    def _spawn(self, generation: Generation) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+                from tlsedge.edge.worker import run_worker
+
+                code = run_worker(generation.config, generation.sockets, generation.tls)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        generation.pids.add(pid)
+
+    def reload(self) -> None:
+        """Start a new generation from the file; on any problem keep the running one and say why."""
+        log.info("reloading %s", self.config_path)
+        try:
+            config = load_config(self.config_path)
+            generation = self._prepare(config)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload failed, keeping the running configuration: %s", problem)
+            return
+        except TlsSetupError as exc:
+            for problem in exc.problems:
+                log.error("reload failed, keeping the running configuration: %s", problem)
+            return
+        except OSError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return
+        for warning in config.warnings:
+            log.warning("%s", warning)
+        self._spawn_all(generation)
+        previous = self.current
+        self.current = generation
+        if previous is not None:
+            self.old.append(previous)
+            for pid in previous.pids:
+                _signal(pid, signal.SIGTERM)
+        self.listeners.retain_only(config.server.https, config.server.http)
+        log.info("reloaded: %d workers, %d sites", len(generation.pids), len(config.sites))
+
+    def _reap(self) -> None:
+        """Collect exited workers; restart those of the current generation that died unexpectedly."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for old in self.old:
+                old.pids.discard(pid)
+            self.old = [g for g in self.old if g.pids]
+            current = self.current
+            if current is not None and pid in current.pids:
+                current.pids.discard(pid)
+                if not self.stopping:
+                    log.error("worker %d exited unexpectedly (status %d); starting a new one", pid, status)
+                    time.sleep(0.1)
+                    self._spawn(current)
+
+    def shutdown(self) -> int:
+        """Drain every worker (they finish in-flight requests within drain_timeout), then exit."""
+        self.stopping = True
+        generations = [g for g in [self.current, *self.old] if g is not None]
+        pids = {pid for g in generations for pid in g.pids}
+        log.info("shutting down: draining %d workers", len(pids))
+        for pid in pids:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self._initial.server.drain_timeout + _KILL_GRACE
+        if self.current is not None:
+            deadline = time.monotonic() + self.current.config.server.drain_timeout + _KILL_GRACE
+        while pids and time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid:
+                pids.discard(pid)
+            else:
+                time.sleep(0.05)
+        for pid in pids:
+            log.error("worker %d did not drain in time; killing it", pid)
+            _signal(pid, signal.SIGKILL)
+        log.info("stopped")
+        return 0
+
+
+def _signal(pid: int, signo: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signo)

@@ -1,0 +1,756 @@
+"""The client side of the data plane: one HTTP/1.1 connection from a client, parsed with httptools.
+
+An `asyncio.Protocol` drives the request phases (route, answer-or-forward, stream back, log) with callbacks only;
+a task is created just for connecting to an origin. Output produced while handling one read (from the client or
+from the origin) is written with one call at the end of that read, so a small response is one TLS record batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from time import monotonic
+from typing import TYPE_CHECKING
+
+import httptools
+
+from tlsedge.edge.errors import error_response, redirect_response
+from tlsedge.edge.exchange import Exchange
+from tlsedge.edge.headers import (
+    FORWARDING,
+    HOP_BY_HOP,
+    VIA_TOKEN,
+    connection_tokens,
+    is_valid_host,
+    split_host_port,
+    status_line,
+)
+from tlsedge.upstream.connection import OriginConnection
+from tlsedge.upstream.pool import OriginPool, PoolFull
+from tlsedge.upstream.tls import describe_tls_failure
+
+if TYPE_CHECKING:
+    from tlsedge.edge.worker import Edge
+    from tlsedge.pipeline.site import SiteRuntime
+
+log = logging.getLogger("tlsedge.edge")
+
+# Why the client connection's deadline is set.
+_IDLE, _HEAD, _BODY, _WAIT = 0, 1, 2, 3
+# Reasons reading from the client is paused; reading resumes when none is left.
+_PAUSE_QUEUE, _PAUSE_PENDING, _PAUSE_ORIGIN = 1, 2, 4
+
+_PENDING_HIGH_WATER = 256 * 1024
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+_NO_BODY_STATUS = frozenset({204, 304})
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class Rejected(Exception):
+    """A request the edge refuses before forwarding; raised from parser callbacks."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection (TLS already terminated by the transport, or plain HTTP)."""
+
+    def __init__(self, edge: Edge, tls: bool) -> None:
+        self.edge = edge
+        self.tls = tls
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.client_ip = "-"
+        self.tls_site: SiteRuntime | None = None
+        self.trusted = False
+        self.forward_tail = b""
+        self.out: list[bytes] = []
+        self.current: Exchange | None = None
+        self.parsing: Exchange | None = None
+        self.queue: deque[Exchange] = deque()
+        self.paused = 0
+        self.closed = False
+        self.deadline = 0.0
+        self.deadline_kind = _IDLE
+        self.head_bytes = 0
+        self.url = b""
+
+    # --- connection lifecycle ------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        edge = self.edge
+        if len(edge.clients) >= edge.limits.max_connections or edge.draining:
+            transport.abort()
+            self.closed = True
+            return
+        edge.clients.add(self)
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if peer else "-"
+        self.trusted = edge.is_trusted(self.client_ip)
+        if self.tls:
+            self.tls_site = edge.sites.get(edge.tls.site_of(transport.get_extra_info("ssl_object")))
+        proto = b"https" if self.tls else b"http"
+        self.forward_tail = b"X-Forwarded-Proto: %s\r\n" % proto
+        self.deadline = edge.loop.time() + edge.limits.keepalive_timeout
+        self.deadline_kind = _IDLE
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.edge.clients.discard(self)
+        ex = self.current
+        if ex is not None and not ex.finished:
+            if ex.origin is not None:
+                ex.origin.abort()
+                ex.origin = None
+            ex.status = ex.status if ex.response_started else 499
+            ex.error = ex.error or "client closed the connection"
+            self._log(ex)
+        self.current = None
+        self.queue.clear()
+        self.edge.connection_closed()
+
+    def pause_writing(self) -> None:
+        ex = self.current
+        if ex is not None and ex.origin is not None:
+            ex.origin.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        ex = self.current
+        if ex is not None and ex.origin is not None and not ex.origin.closed:
+            ex.origin.transport.resume_reading()
+
+    def _pause(self, reason: int) -> None:
+        if not self.paused and not self.closed:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused and not self.closed:
+                self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.deadline_kind == _IDLE:
+            self.deadline_kind = _HEAD
+            self.deadline = self.edge.loop.time() + self.edge.limits.header_timeout
+        elif self.deadline_kind == _HEAD:
+            self.head_bytes += len(data)
+            if self.head_bytes > self.edge.limits.max_header_bytes + self.edge.limits.max_uri_bytes:
+                self._reject_parse(431, "request head too large")
+                self.flush()
+                return
+        elif self.deadline_kind == _BODY:
+            self.deadline = self.edge.loop.time() + self.edge.limits.body_idle_timeout
+        try:
+            self.parser.feed_data(data)
+        except Rejected as exc:
+            self._reject_parse(exc.status, exc.reason)
+        except httptools.HttpParserUpgrade as exc:
+            # Upgrades are not tunnelled yet: the request was forwarded without Upgrade; parse what follows anew.
+            self.parser = httptools.HttpRequestParser(self)
+            rest = data[exc.args[0] :] if exc.args and isinstance(exc.args[0], int) else b""
+            if rest:
+                self.data_received(rest)
+                return
+        except httptools.HttpParserError as exc:
+            self._reject_parse(400, f"malformed request: {exc}")
+        self.flush()
+
+    def flush(self) -> None:
+        """Write everything produced since the last flush in one call."""
+        out = self.out
+        if not out or self.closed:
+            out.clear()
+            return
+        if len(out) == 1:
+            self.transport.write(out[0])
+        else:
+            self.transport.write(b"".join(out))
+        out.clear()
+
+    def on_timeout(self) -> None:
+        """Called by the sweeper when the client deadline passed."""
+        kind = self.deadline_kind
+        self.deadline = 0.0
+        if kind == _IDLE or (self.current is not None and self.current.response_started):
+            self._close()
+            return
+        reason = "request headers timed out" if kind == _HEAD else "request body timed out"
+        ex = self.current or self.parsing
+        if ex is None:
+            ex = self._new_exchange()
+        if ex.origin is not None:
+            ex.origin.abort()
+            ex.origin = None
+        self._answer(ex, 408, reason, close=True)
+        self.flush()
+        self._close()
+
+    def drain(self) -> None:
+        """Worker shutdown: close idle keep-alive connections now; busy ones close after their response."""
+        if self.current is None and self.parsing is None:
+            self._close()
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.flush()
+            self.closed = True
+            self.transport.close()
+
+    # --- request parsing (httptools callbacks) ---------------------------------------------------------------------
+
+    def _new_exchange(self) -> Exchange:
+        ex = Exchange(self.edge.next_request_id(), monotonic())
+        ex.client_ip = self.client_ip
+        return ex
+
+    def on_message_begin(self) -> None:
+        self.parsing = self._new_exchange()
+        self.url = b""
+        self.head_bytes = 0
+        if self.deadline_kind != _HEAD:
+            self.deadline_kind = _HEAD
+            self.deadline = self.edge.loop.time() + self.edge.limits.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.edge.limits.max_uri_bytes:
+            raise Rejected(414, "request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self.parsing.headers
+        headers.append((name, value))
+        if len(headers) > self.edge.limits.max_header_count:
+            raise Rejected(431, "too many request headers")
+        if b"\x00" in value or b"\r" in value or b"\n" in value:
+            raise Rejected(400, "control character in header value")
+
+    def on_headers_complete(self) -> None:
+        ex = self.parsing
+        parser = self.parser
+        ex.method = parser.get_method()
+        ex.target = self.url
+        ex.keep_alive = parser.should_keep_alive()
+        version = parser.get_http_version()
+        ex.http10 = version == "1.0"
+        if version != "1.1" and not ex.http10:
+            raise Rejected(505 if version.startswith(("2", "3")) else 400, f"unsupported HTTP version {version}")
+        self._prepare(ex)
+        if ex.has_body:
+            self.deadline_kind = _BODY
+            self.deadline = self.edge.loop.time() + self.edge.limits.body_idle_timeout
+        else:
+            self.deadline_kind = _WAIT
+            self.deadline = 0.0
+        if self.current is None:
+            self.current = ex
+            self._start(ex)
+        else:
+            self.queue.append(ex)
+            self._pause(_PAUSE_QUEUE)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        ex.bytes_in += len(body)
+        if ex.body_limit and ex.bytes_in > ex.body_limit:
+            raise Rejected(413, "request body larger than max_body_size")
+        if ex.answered:
+            return
+        if ex.chunked_upload:
+            body = b"%x\r\n%s\r\n" % (len(body), body)
+        origin = ex.origin
+        if origin is not None:
+            origin.write(body)
+        else:
+            ex.pending.append(body)
+            ex.pending_bytes += len(body)
+            if ex.pending_bytes > _PENDING_HIGH_WATER:
+                self._pause(_PAUSE_PENDING)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        self.parsing = None
+        ex.body_done = True
+        if self.deadline_kind == _BODY:
+            self.deadline_kind = _WAIT
+            self.deadline = 0.0
+        if ex.chunked_upload and not ex.answered:
+            if ex.origin is not None:
+                ex.origin.write(b"0\r\n\r\n")
+            else:
+                ex.pending.append(b"0\r\n\r\n")
+        if ex.finished:
+            # The response went out before the body ended (an error, a redirect): now the connection can go on.
+            self._next_exchange()
+
+    def _reject_parse(self, status: int, reason: str) -> None:
+        """A request that cannot be parsed safely: answer it (in order) and close the connection."""
+        ex = self.parsing or self._new_exchange()
+        self.parsing = None
+        ex.reject = (status, reason)
+        ex.keep_alive = False
+        self.parser = None
+        self._pause(_PAUSE_QUEUE)
+        if ex is self.current:
+            if ex.origin is not None:
+                ex.origin.abort()
+                ex.origin = None
+            if ex.response_started:
+                ex.error = reason
+                self._log(ex)
+                ex.finished = True
+                self._close()
+            else:
+                self._answer(ex, status, reason, close=True)
+        elif self.current is None:
+            self.current = ex
+            self._start(ex)
+        else:
+            self.queue.append(ex)
+
+    # --- the request phases ----------------------------------------------------------------------------------------
+
+    def _prepare(self, ex: Exchange) -> None:
+        """Route the request and build its head towards the origin, in one pass over the headers."""
+        target = ex.target
+        host: bytes | None = None
+        hosts = 0
+        content_length: bytes | None = None
+        chunked = False
+        via: bytes | None = None
+        xff: bytes | None = None
+        conn_tokens: set[bytes] | None = None
+        forward: list[bytes] = []
+        append = forward.append
+        trusted = self.trusted
+        for name, value in ex.headers:
+            lname = name.lower()
+            if lname == b"host":
+                host = value
+                hosts += 1
+            elif lname == b"content-length":
+                content_length = value
+            elif lname in HOP_BY_HOP:
+                if lname == b"transfer-encoding":
+                    chunked = True
+                elif lname == b"connection":
+                    tokens = connection_tokens(value)
+                    tokens.discard(b"close")
+                    tokens.discard(b"keep-alive")
+                    if tokens:
+                        conn_tokens = tokens if conn_tokens is None else conn_tokens | tokens
+                continue
+            elif lname == b"expect":
+                ex.expect_continue = value.strip().lower() == b"100-continue"
+                continue
+            elif lname == b"via":
+                via = value if via is None else via + b", " + value
+                continue
+            elif lname in FORWARDING:
+                if not trusted:
+                    continue
+                if lname == b"x-forwarded-for":
+                    xff = value if xff is None else xff + b", " + value
+                    continue
+            append(name)
+            append(b": ")
+            append(value)
+            append(b"\r\n")
+        if conn_tokens:
+            forward = _drop_named(forward, conn_tokens)
+
+        if target[:1] != b"/":
+            if target == b"*" and ex.method == b"OPTIONS":
+                pass
+            elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+                # absolute-form (RFC 9112 section 3.2.2): the authority replaces Host.
+                rest = target.split(b"://", 1)[1]
+                slash = rest.find(b"/")
+                authority, target = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+                host, hosts = authority, 1
+                forward = _replace_host(forward, authority)
+                ex.target = target
+            else:
+                raise Rejected(400, "invalid request target")
+        if ex.method == b"CONNECT":
+            raise Rejected(405, "CONNECT is not supported")
+        if hosts > 1:
+            raise Rejected(400, "several Host headers")
+        if chunked and content_length is not None:
+            raise Rejected(400, "both Content-Length and Transfer-Encoding")
+
+        # Route: the site of the negotiated certificate must also own the Host (no domain fronting).
+        edge = self.edge
+        if host is not None:
+            host_name = split_host_port(host)
+            if not is_valid_host(host_name):
+                raise Rejected(400, "invalid Host header")
+            site = edge.router.lookup(host_name)
+        else:
+            host_name = b""
+            site = None
+        if self.tls:
+            if host is None:
+                site = self.tls_site
+            elif site is not self.tls_site:
+                ex.reject = (421, "Host does not belong to the site of this TLS connection")
+        elif site is None:
+            site = edge.router.default
+        if site is None and ex.reject is None:
+            ex.reject = (421, "no site serves this host")
+        ex.site = site
+        ex.host = host_name
+        if ex.reject is not None:
+            return
+
+        if content_length is not None:
+            length = int(content_length)  # httptools has checked it is a plain decimal number
+            ex.has_body = length > 0
+            if site.max_body_size and length > site.max_body_size:
+                ex.reject = (413, "Content-Length over max_body_size")
+                return
+        elif chunked:
+            ex.has_body = True
+            ex.chunked_upload = True
+        ex.body_limit = site.max_body_size
+
+        if not self.tls and site.redirect_http:
+            ex.redirect = True
+            return
+
+        via_line = b"Via: %s, %s\r\n" % (via, VIA_TOKEN) if via is not None else b"Via: " + VIA_TOKEN + b"\r\n"
+        xff_line = (
+            b"X-Forwarded-For: %s, %s\r\n" % (xff, self.client_ip.encode())
+            if xff is not None
+            else b"X-Forwarded-For: %s\r\n" % self.client_ip.encode()
+        )
+        if host is None:
+            host_line = b"Host: %s\r\n" % site.config.hosts[0].encode()
+            forward.append(host_line)
+        fwd_host = b"" if trusted and _has(ex.headers, b"x-forwarded-host") else b"X-Forwarded-Host: %s\r\n" % (
+            host if host is not None else site.config.hosts[0].encode()
+        )
+        fwd_proto = b"" if trusted and _has(ex.headers, b"x-forwarded-proto") else self.forward_tail
+        ex.head = b"".join(
+            (
+                ex.method,
+                b" ",
+                ex.target,
+                b" HTTP/1.1\r\n",
+                *forward,
+                xff_line,
+                fwd_proto,
+                fwd_host,
+                via_line,
+                b"Transfer-Encoding: chunked\r\n\r\n" if ex.chunked_upload else b"\r\n",
+            )
+        )
+
+    def _start(self, ex: Exchange) -> None:
+        """Begin answering the exchange at the head of the queue: reject, redirect or forward."""
+        if ex.reject is not None:
+            status, reason = ex.reject
+            self._answer(ex, status, reason, close=ex.has_body or not ex.keep_alive or status == 400)
+            return
+        if ex.redirect:
+            location = b"https://%s%s%s" % (ex.host, self.edge.https_port_suffix, ex.target)
+            ex.status = 308
+            ex.keep_alive = ex.keep_alive and not ex.has_body
+            self.out.append(redirect_response(location, close=not ex.keep_alive, head_only=ex.method == b"HEAD"))
+            self._finish(ex)
+            return
+        if ex.expect_continue and ex.has_body:
+            self.out.append(_CONTINUE)
+        self._forward(ex, ex.site.pick_pool())
+
+    def _forward(self, ex: Exchange, pool: OriginPool) -> None:
+        ex.pool = pool
+        ex.attempts += 1
+        conn = pool.acquire()
+        if conn is not None:
+            self._send(ex, conn)
+            return
+        ex.connecting = True
+        task = self.edge.loop.create_task(pool.connect())
+        task.add_done_callback(lambda t: self._connected(ex, pool, t))
+
+    def _connected(self, ex: Exchange, pool: OriginPool, task: asyncio.Task) -> None:
+        ex.connecting = False
+        exc = task.exception() if not task.cancelled() else asyncio.CancelledError()
+        if exc is None:
+            conn = task.result()
+            if self.closed or ex.finished:
+                pool.release(conn)
+                return
+            self._send(ex, conn)
+            return
+        if self.closed or ex.finished:
+            return
+        if isinstance(exc, PoolFull):
+            self._answer(ex, 503, f"origin {pool.label} has max_connections open", close=ex.has_body,
+                         extra=b"Retry-After: 1\r\n")
+        elif isinstance(exc, TimeoutError):
+            self._failover(ex, pool, 504, f"connecting to origin {pool.label} timed out")
+        elif isinstance(exc, OSError) and _is_tls_failure(exc):
+            self._failover(ex, pool, 502, f"TLS to origin {pool.label} failed: {describe_tls_failure(exc)}")
+        elif isinstance(exc, OSError):
+            self._failover(ex, pool, 502, f"origin {pool.label} unreachable: {exc.strerror or exc}")
+        else:
+            self._answer(ex, 502, f"connecting to origin {pool.label} failed: {exc!r}", close=True)
+        self.flush()
+
+    def _failover(self, ex: Exchange, pool: OriginPool, status: int, reason: str) -> None:
+        """Nothing was sent yet, so another origin server may take the request."""
+        log.error("site %s: %s (request id %s)", ex.site.name, reason, ex.request_id)
+        if ex.attempts < len(ex.site.pools):
+            self._forward(ex, ex.site.pool_after(pool))
+        else:
+            self._answer(ex, status, reason, close=ex.has_body and not ex.body_done, logged=True)
+
+    def _send(self, ex: Exchange, conn: OriginConnection) -> None:
+        ex.origin = conn
+        ex.reused = conn.requests > 0
+        data = ex.head
+        if ex.pending:
+            data = b"".join((data, *ex.pending))
+            if not ex.has_body or ex.body_done:
+                ex.replay = data
+            ex.pending = []
+            ex.pending_bytes = 0
+            self._resume(_PAUSE_PENDING)
+        elif not ex.has_body:
+            ex.replay = data
+        ex.t_upstream = monotonic()
+        conn.send(self, data, head_request=ex.method == b"HEAD", now=self.edge.loop.time())
+
+    # --- events from the origin connection -------------------------------------------------------------------------
+
+    def origin_head(self, conn: OriginConnection, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        ex = self.current
+        ex.status = status
+        ex.t_head = monotonic()
+        ex.response_started = True
+        fields: list[bytes] = []
+        append = fields.append
+        conn_tokens: set[bytes] | None = None
+        has_length = chunked = False
+        for name, value in headers:
+            lname = name.lower()
+            if lname in HOP_BY_HOP:
+                if lname == b"connection":
+                    tokens = connection_tokens(value)
+                    tokens.discard(b"close")
+                    tokens.discard(b"keep-alive")
+                    conn_tokens = tokens or conn_tokens
+                elif lname == b"transfer-encoding":
+                    chunked = value.rstrip().lower().endswith(b"chunked")
+                continue
+            if lname == b"content-length":
+                has_length = True
+            append(name)
+            append(b": ")
+            append(value)
+            append(b"\r\n")
+        if conn_tokens:
+            fields = _drop_named(fields, conn_tokens)
+        tail: list[bytes] = []
+        if self.tls and ex.site.https_response_head:
+            tail.append(ex.site.https_response_head)
+        if ex.method == b"HEAD" or status in _NO_BODY_STATUS:
+            ex.response_body = False
+        elif chunked or not has_length:
+            # Chunked or close-delimited from the origin: re-chunk for HTTP/1.1 clients, close-delimit for 1.0.
+            ex.origin_eof_ends_body = not chunked
+            if ex.http10:
+                ex.keep_alive = False
+            else:
+                ex.response_chunked = True
+                tail.append(b"Transfer-Encoding: chunked\r\n")
+        if not ex.keep_alive or self.edge.draining or (ex.has_body and not ex.body_done and status >= 300):
+            ex.keep_alive = False
+            tail.append(b"Connection: close\r\n\r\n")
+        else:
+            tail.append(b"\r\n")
+        self.out.append(b"".join((status_line(status), *fields, *tail)))
+
+    def origin_body(self, body: bytes) -> None:
+        ex = self.current
+        ex.bytes_out += len(body)
+        if ex.response_chunked:
+            self.out.append(b"%x\r\n" % len(body))
+            self.out.append(body)
+            self.out.append(b"\r\n")
+        else:
+            self.out.append(body)
+
+    def origin_done(self, conn: OriginConnection, reusable: bool) -> None:
+        ex = self.current
+        ex.origin = None
+        if ex.response_chunked:
+            self.out.append(b"0\r\n\r\n")
+        if reusable and ex.body_done:
+            ex.pool.release(conn)
+        else:
+            conn.abort()
+        self._finish(ex)
+
+    def origin_lost(self, conn: OriginConnection, reason: str) -> None:
+        ex = self.current
+        if ex is None or ex.origin is not conn:
+            return
+        ex.origin = None
+        if not ex.response_started:
+            if ex.reused and not conn.got_bytes and ex.replay is not None and ex.method in _IDEMPOTENT:
+                # A pooled connection the origin had already closed: resend on a fresh connection.
+                ex.attempts -= 1
+                ex.replay_pending = True
+                self._retry_fresh(ex)
+                return
+            self._answer(ex, 502, f"origin {ex.pool.label}: {reason}", close=True)
+        elif ex.origin_eof_ends_body:
+            # A close-delimited response: the origin's close is the end of the body, not a failure.
+            if ex.response_chunked:
+                self.out.append(b"0\r\n\r\n")
+            self._finish(ex)
+        else:
+            # Never let a truncated response look complete: close the client connection without a last chunk.
+            ex.error = f"origin {ex.pool.label}: {reason} mid-response"
+            log.error("site %s: %s (request id %s)", ex.site.name, ex.error, ex.request_id)
+            ex.keep_alive = False
+            self._finish(ex)
+
+    def _retry_fresh(self, ex: Exchange) -> None:
+        pool = ex.pool
+        ex.attempts += 1
+        ex.connecting = True
+        task = self.edge.loop.create_task(pool.connect())
+
+        def done(t: asyncio.Task) -> None:
+            if not t.cancelled() and t.exception() is None and not self.closed and not ex.finished:
+                conn = t.result()
+                ex.connecting = False
+                ex.origin = conn
+                ex.reused = False
+                ex.t_upstream = monotonic()
+                conn.send(self, ex.replay, head_request=ex.method == b"HEAD", now=self.edge.loop.time())
+                return
+            self._connected(ex, pool, t)
+
+        task.add_done_callback(done)
+
+    def origin_timeout(self, conn: OriginConnection) -> None:
+        ex = self.current
+        conn.abort()
+        if ex is None or ex.origin is not conn:
+            return
+        ex.origin = None
+        if ex.response_started:
+            ex.error = f"origin {ex.pool.label} stopped sending the response body (read_timeout)"
+            log.error("site %s: %s (request id %s)", ex.site.name, ex.error, ex.request_id)
+            ex.keep_alive = False
+            self._finish(ex)
+        else:
+            self._answer(ex, 504, f"origin {ex.pool.label} did not answer within response_timeout", close=True)
+
+    def pause_origin_writes(self) -> None:
+        self._pause(_PAUSE_ORIGIN)
+
+    def resume_origin_writes(self) -> None:
+        self._resume(_PAUSE_ORIGIN)
+
+    # --- ending an exchange ------------------------------------------------------------------------------------------
+
+    def _answer(self, ex: Exchange, status: int, reason: str, *, close: bool, extra: bytes = b"",
+                logged: bool = False) -> None:
+        """Answer with an error page of our own; server-side failures also go to the error log."""
+        ex.status = status
+        ex.error = reason
+        if status >= 500 and not logged:
+            log.error("site %s: %s (request id %s)", ex.site.name if ex.site else "-", reason, ex.request_id)
+        if close:
+            ex.keep_alive = False
+        if ex.response_started:
+            ex.keep_alive = False
+        else:
+            ex.response_started = True
+            if self.tls and ex.site is not None and ex.site.https_response_head:
+                extra += ex.site.https_response_head
+            self.out.append(
+                error_response(status, ex.request_id, close=not ex.keep_alive, head_only=ex.method == b"HEAD",
+                               extra=extra)
+            )
+        if self.current is not ex:
+            return
+        self._finish(ex)
+
+    def _finish(self, ex: Exchange) -> None:
+        ex.finished = True
+        ex.answered = True
+        if ex.origin is not None:
+            ex.origin.abort()
+            ex.origin = None
+        self._log(ex)
+        if not ex.keep_alive or self.edge.draining:
+            self._close()
+            return
+        if ex.has_body and not ex.body_done:
+            # The answer came before the whole body: the rest of it is read and dropped, then the next request.
+            return
+        self._next_exchange()
+
+    def _next_exchange(self) -> None:
+        self.current = None
+        if self.closed:
+            return
+        if self.queue:
+            ex = self.queue.popleft()
+            self.current = ex
+            if not self.queue:
+                self._resume(_PAUSE_QUEUE)
+            self._start(ex)
+            return
+        self._resume(_PAUSE_QUEUE)
+        if self.parsing is None:
+            self.deadline_kind = _IDLE
+            self.deadline = self.edge.loop.time() + self.edge.limits.keepalive_timeout
+
+    def _log(self, ex: Exchange) -> None:
+        self.edge.log_exchange(ex)
+
+
+def _is_tls_failure(exc: BaseException) -> bool:
+    import ssl
+
+    return isinstance(exc, ssl.SSLError | ssl.CertificateError)
+
+
+def _has(headers: list[tuple[bytes, bytes]], lname: bytes) -> bool:
+    return any(name.lower() == lname for name, _ in headers)
+
+
+def _drop_named(block: list[bytes], names: set[bytes]) -> list[bytes]:
+    """Remove from a header block (groups of name, ": ", value, CRLF) the fields a Connection header named."""
+    out: list[bytes] = []
+    it = iter(block)
+    for name, sep, value, crlf in zip(it, it, it, it, strict=True):
+        if name.lower() not in names:
+            out.extend((name, sep, value, crlf))
+    return out
+
+
+def _replace_host(forward: list[bytes], authority: bytes) -> list[bytes]:
+    """Replace the Host line(s) in a filtered header block by the authority of an absolute-form target."""
+    out: list[bytes] = []
+    it = iter(forward)
+    for name, sep, value, crlf in zip(it, it, it, it, strict=False):
+        if name.lower() == b"host":
+            continue
+        out.extend((name, sep, value, crlf))
+    out.extend((b"Host", b": ", authority, b"\r\n"))
+    return out

@@ -1,0 +1,160 @@
+"""A worker process: the data plane on uvloop over listening sockets inherited from the control process.
+
+The worker owns per-process state (connection pools, the client connection set) and one periodic sweep that
+enforces every deadline, so no per-request timer objects are created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import ssl
+from time import monotonic
+
+import uvloop
+
+from tlsedge.config.schema import Config
+from tlsedge.edge.accesslog import AccessLog
+from tlsedge.edge.exchange import Exchange
+from tlsedge.edge.http1 import ClientConnection
+from tlsedge.pipeline.router import HostRouter
+from tlsedge.pipeline.site import SiteRuntime
+from tlsedge.tls.server import TlsTable
+
+log = logging.getLogger("tlsedge.worker")
+
+SWEEP_INTERVAL = 0.5
+_BACKLOG = 1024
+
+
+class Edge:
+    """Per-worker state shared by all connections: sites, routing, TLS table, limits, logs."""
+
+    def __init__(self, config: Config, tls: TlsTable | None, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.loop = loop
+        self.limits = config.server.limits
+        self.tls = tls
+        self.sites = {site.name: SiteRuntime(site, loop) for site in config.sites}
+        default = self.sites.get(config.server.default_site) if config.server.default_site else None
+        self.router = HostRouter(list(self.sites.values()), default)
+        self.clients: set[ClientConnection] = set()
+        self.draining = False
+        https = config.server.https
+        port = https[0].port if https else 443
+        self.https_port_suffix = b"" if port == 443 else b":%d" % port
+        self._trusted = config.server.trusted_proxies
+        self._trusted_cache: dict[str, bool] = {}
+        self._prefix = os.urandom(3).hex()
+        self._counter = 0
+        self.access = AccessLog(config.server.access_log)
+        self.idle_event: asyncio.Event | None = None
+
+    def next_request_id(self) -> str:
+        self._counter += 1
+        return f"{self._prefix}{self._counter:07x}"
+
+    def is_trusted(self, ip: str) -> bool:
+        """Whether a peer may vouch for the client address in X-Forwarded-* headers."""
+        if not self._trusted:
+            return False
+        known = self._trusted_cache.get(ip)
+        if known is None:
+            try:
+                address = ipaddress.ip_address(ip)
+            except ValueError:
+                return False
+            known = any(address in network for network in self._trusted)
+            if len(self._trusted_cache) < 4096:
+                self._trusted_cache[ip] = known
+        return known
+
+    def log_exchange(self, ex: Exchange) -> None:
+        if self.access.enabled:
+            self.access.write(ex, monotonic())
+
+    def connection_closed(self) -> None:
+        if self.draining and not self.clients and self.idle_event is not None:
+            self.idle_event.set()
+
+    def sweep(self) -> None:
+        """Enforce every client and origin deadline; flush the access log."""
+        now = self.loop.time()
+        for client in [c for c in self.clients if c.deadline and c.deadline <= now]:
+            client.on_timeout()
+        for site in self.sites.values():
+            for pool in site.pools:
+                pool.sweep(now)
+        self.access.flush()
+
+
+async def _serve(config: Config, sockets: list[tuple[socket.socket, bool]], tls: TlsTable | None) -> None:
+    loop = asyncio.get_running_loop()
+    edge = Edge(config, tls, loop)
+    limits = config.server.limits
+    servers = []
+    for sock, is_tls in sockets:
+        if is_tls:
+            assert tls is not None
+            server = await loop.create_server(
+                lambda: ClientConnection(edge, True),
+                sock=sock,
+                ssl=tls.context,
+                ssl_handshake_timeout=limits.handshake_timeout,
+                ssl_shutdown_timeout=5.0,
+                backlog=_BACKLOG,
+            )
+        else:
+            server = await loop.create_server(lambda: ClientConnection(edge, False), sock=sock, backlog=_BACKLOG)
+        servers.append(server)
+
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    parent = os.getppid()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SWEEP_INTERVAL)
+        edge.sweep()
+        if os.getppid() != parent:
+            log.error("control process is gone; worker %d drains and exits", os.getpid())
+            break
+
+    # Drain: stop accepting, close idle connections, let in-flight exchanges finish within drain_timeout.
+    edge.draining = True
+    for server in servers:
+        server.close()
+    for client in list(edge.clients):
+        client.drain()
+    for site in edge.sites.values():
+        for pool in site.pools:
+            pool.close_idle()
+    edge.idle_event = asyncio.Event()
+    deadline = loop.time() + config.server.drain_timeout
+    while edge.clients and loop.time() < deadline:
+        try:
+            await asyncio.wait_for(edge.idle_event.wait(), SWEEP_INTERVAL)
+        except TimeoutError:
+            edge.sweep()
+    if edge.clients:
+        log.warning("worker %d: %d connections still open after drain_timeout; closing them", os.getpid(),
+                    len(edge.clients))
+        for client in list(edge.clients):
+            client.transport.abort()
+    edge.access.close()
+
+
+def run_worker(config: Config, sockets: list[tuple[socket.socket, bool]], tls: TlsTable | None) -> int:
+    """Entry point of a forked worker; returns the process exit code."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the control process, which drains us
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        uvloop.run(_serve(config, sockets, tls))
+    except (OSError, ssl.SSLError):
+        log.exception("worker %d failed", os.getpid())
+        return 1
+    return 0

@@ -1,0 +1,179 @@
+"""One HTTP/1.1 connection to an origin server, as an asyncio.Protocol with an httptools response parser.
+
+The connection knows nothing about sites or clients beyond the small `OriginClient` interface: it hands response
+events to whichever client exchange currently owns it, and goes back to its pool between exchanges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Protocol
+
+import httptools
+
+if TYPE_CHECKING:
+    from tlsedge.upstream.pool import OriginPool
+
+
+class OriginClient(Protocol):
+    """What an origin connection reports to the client exchange that owns it."""
+
+    def origin_head(self, conn: OriginConnection, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
+    def origin_body(self, body: bytes) -> None: ...
+    def origin_done(self, conn: OriginConnection, reusable: bool) -> None: ...
+    def origin_lost(self, conn: OriginConnection, reason: str) -> None: ...
+    def origin_timeout(self, conn: OriginConnection) -> None: ...
+    def flush(self) -> None: ...
+    def pause_origin_writes(self) -> None: ...
+    def resume_origin_writes(self) -> None: ...
+
+
+class _SkipBody(Exception):
+    """Raised from the parser callback when the response to a HEAD request is complete at its headers."""
+
+
+class OriginConnection(asyncio.Protocol):
+    """An origin connection; `client` is set while an exchange uses it, None while it idles in the pool."""
+
+    __slots__ = (
+        "client",
+        "closed",
+        "deadline",
+        "got_bytes",
+        "headers",
+        "informational",
+        "parser",
+        "pool",
+        "requests",
+        "skip_body",
+        "transport",
+    )
+
+    def __init__(self, pool: OriginPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.client: OriginClient | None = None
+        self.deadline = 0.0
+        self.requests = 0
+        self.got_bytes = False
+        self.skip_body = False
+        self.informational = False
+        self.closed = False
+        self.headers: list[tuple[bytes, bytes]] = []
+
+    # --- used by the client side -------------------------------------------------------------------------------
+
+    def send(self, client: OriginClient, data: bytes, *, head_request: bool, now: float) -> None:
+        """Start an exchange: write the request head (and any buffered body) and wait for the response."""
+        self.client = client
+        self.requests += 1
+        self.got_bytes = False
+        self.skip_body = head_request
+        self.headers = []
+        self.deadline = now + self.pool.timeouts.response_timeout
+        self.transport.write(data)
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def abort(self) -> None:
+        """Drop the connection: used when an exchange ends in a state that leaves the framing unknown."""
+        self.client = None
+        if not self.closed:
+            self.closed = True
+            self.transport.abort()
+            self.pool.forget(self)
+
+    # --- asyncio.Protocol --------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client is None:
+            # Bytes from an idle origin connection break the framing of any later response: drop it.
+            self.abort()
+            return
+        self.got_bytes = True
+        self.deadline = self.pool.loop.time() + self.pool.timeouts.read_timeout
+        try:
+            self.parser.feed_data(data)
+        except _SkipBody:
+            keep_alive = self.parser.should_keep_alive()
+            self.parser = httptools.HttpResponseParser(self)
+            self._complete(keep_alive)
+        except httptools.HttpParserError as exc:
+            self.client = None
+            self.closed = True
+            self.transport.abort()
+            self.pool.forget(self)
+            client.origin_lost(self, f"invalid response from origin: {exc}")
+        client.flush()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        was_closed = self.closed
+        self.closed = True
+        client = self.client
+        self.client = None
+        if not was_closed:
+            self.pool.forget(self)
+        if client is not None:
+            client.origin_lost(self, f"origin closed the connection ({exc})" if exc else "origin closed the connection")
+            client.flush()
+
+    def pause_writing(self) -> None:
+        if self.client is not None:
+            self.client.pause_origin_writes()
+
+    def resume_writing(self) -> None:
+        if self.client is not None:
+            self.client.resume_origin_writes()
+
+    # --- httptools callbacks -----------------------------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:
+            # 1xx: the edge answered Expect itself and strips Upgrade, so interim responses are not forwarded.
+            if status == 101:
+                raise httptools.HttpParserError("unexpected 101 Switching Protocols")
+            self.informational = True
+            self.headers = []
+            return
+        self.client.origin_head(self, status, self.headers)
+        if self.skip_body:
+            raise _SkipBody
+
+    def on_body(self, body: bytes) -> None:
+        self.client.origin_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.informational:
+            self.informational = False
+            return
+        self._complete(self.parser.should_keep_alive())
+
+    def _complete(self, keep_alive: bool) -> None:
+        client = self.client
+        self.client = None
+        self.deadline = 0.0
+        client.origin_done(self, keep_alive)
+
+    def on_timeout(self) -> None:
+        """Called by the sweeper when `deadline` passed: idle too long in the pool, or the origin is too slow."""
+        client = self.client
+        if client is None:
+            self.closed = True
+            self.transport.close()
+            self.pool.forget(self)
+            return
+        client.origin_timeout(self)
+        client.flush()
