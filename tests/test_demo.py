@@ -20,6 +20,7 @@ from contextlib import ExitStack, closing
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from tlsedge.demo.run import DemoFiles, DemoPorts, config_text, curl_checks, port_in_use, prepare_pki
 from tlsedge.pki.local_ca import LocalCA
@@ -38,26 +39,17 @@ def free_ports(n: int) -> list[int]:
         return [sock.getsockname()[1] for sock in socks]
 
 
+def demo_command(state_dir: str, https: int, http: int, blog: int, shop: int) -> list[str]:
+    """``tlsedge demo --smoke`` as a user runs it, on the given ports."""
+    ports = {"--https-port": https, "--http-port": http, "--blog-origin-port": blog, "--shop-origin-port": shop}
+    argv = [sys.executable, "-m", "tlsedge", "demo", "--smoke", "--state-dir", state_dir]
+    return argv + [str(x) for option in ports.items() for x in option]
+
+
 @pytest.mark.timeout(240)
 def test_demo_smoke(tmp_path: Path) -> None:
     https, http, blog, shop = free_ports(4)
-    argv = [
-        sys.executable,
-        "-m",
-        "tlsedge",
-        "demo",
-        "--smoke",
-        "--state-dir",
-        "state",
-        "--https-port",
-        str(https),
-        "--http-port",
-        str(http),
-        "--blog-origin-port",
-        str(blog),
-        "--shop-origin-port",
-        str(shop),
-    ]
+    argv = demo_command("state", https, http, blog, shop)
     run = subprocess.run(
         argv, cwd=tmp_path, env=NO_PROXY_ENV, capture_output=True, text=True, timeout=200, stdin=subprocess.DEVNULL
     )
@@ -88,22 +80,7 @@ def test_demo_refuses_busy_port(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", https))
         busy.listen()
         run = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tlsedge.demo.run",
-                "--smoke",
-                "--state-dir",
-                str(tmp_path),
-                "--https-port",
-                str(https),
-                "--http-port",
-                str(http),
-                "--blog-origin-port",
-                str(blog),
-                "--shop-origin-port",
-                str(shop),
-            ],
+            demo_command(str(tmp_path), https, http, blog, shop),
             env=NO_PROXY_ENV,
             capture_output=True,
             text=True,
@@ -127,7 +104,7 @@ def test_pki_reuses_ca_and_issues_verifiable_leaves(tmp_path: Path) -> None:
     assert ca.cert_pem == first_ca
     for name in ("blog", "shop", "origin-shop"):
         cert, key = files.cert(name)
-        assert cert.is_file()
+        x509.load_pem_x509_certificate(cert.read_bytes()).verify_directly_issued_by(ca.cert)
         assert key.stat().st_mode & 0o777 == 0o600
 
 

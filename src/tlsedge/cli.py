@@ -58,6 +58,8 @@ def _demo(args: argparse.Namespace) -> int:
         https_port=args.https_port,
         http_port=args.http_port,
         smoke=args.smoke,
+        blog_origin_port=args.blog_origin_port,
+        shop_origin_port=args.shop_origin_port,
     )
 
 
@@ -77,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--state-dir", default="./state", help="where the demo keeps its CA, certificates, config")
     demo.add_argument("--https-port", type=int, default=8443)
     demo.add_argument("--http-port", type=int, default=8080)
+    demo.add_argument("--blog-origin-port", type=int, default=9000, help="plain-HTTP demo origin of blog.example")
+    demo.add_argument("--shop-origin-port", type=int, default=9443, help="HTTPS demo origin of shop.example")
     demo.add_argument("--smoke", action="store_true", help="run the printed curl commands, check them, stop")
     demo.set_defaults(func=_demo)
     return parser

@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.x509.oid import NameOID
 
 
-
 def new_key(kind: str = "ec") -> CertificateIssuerPrivateKeyTypes:
     if kind == "ec":
         return ec.generate_private_key(ec.SECP256R1())
@@ -76,8 +75,9 @@ class Pki:
     ) -> tuple[Path, Path]:
         """Issue a leaf from the test CA and write ``certs/<stem>.pem`` (leaf + CA) and ``certs/<stem>.key``."""
         key = key or new_key(kind)
-        cert = self._build(sans[0] if sans else stem, sans, key, self.ca_key, self.ca_cert,
-                           not_before=not_before, not_after=not_after)  # fmt: skip
+        cert = self._build(
+            sans[0] if sans else stem, sans, key, self.ca_key, self.ca_cert, not_before=not_before, not_after=not_after
+        )
         certs = [cert, self.ca_cert] if chain else [cert]
         return self.write(stem, certs, key, key_mode=key_mode)
 
@@ -100,9 +100,7 @@ class Pki:
 
 
 def pem_key(key: CertificateIssuerPrivateKeyTypes, password: bytes | None = None) -> bytes:
-    encryption = (
-        serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
-    )
+    encryption = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from e2e_support import BLOG_HOSTS, LIVE_EDGES, MAIN_LIMITS, Edge, NginxOrigin, PythonOrigin, main_sites
 
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     outcome = yield

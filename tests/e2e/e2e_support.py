@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -22,7 +23,7 @@ LIVE_EDGES: list[Edge] = []
 BLOG_HOSTS = ["blog.example", "*.blog.example"]
 
 
-# ---------------------------------------------------------------------------------------------------------------- misc
+# ---------------------------------------------------------------------------------------------------------- misc
 
 
 def free_port() -> int:
@@ -47,7 +48,8 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.0
         except Exception as e:  # keep polling; report the last failure
             last_exc = e
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f": {last_exc!r}" if last_exc else ""))
+            detail = f": {last_exc!r}" if last_exc else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail}")
         time.sleep(interval)
 
 
@@ -88,10 +90,8 @@ class RssSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             for p in self.pids:
-                try:
+                with contextlib.suppress(OSError):
                     self.peak[p] = max(self.peak[p], rss_kib(p))
-                except OSError:
-                    pass
             time.sleep(self.interval)
 
     def __enter__(self) -> RssSampler:
@@ -107,7 +107,7 @@ class RssSampler:
         return max((self.peak[p] - self.baseline[p] for p in self.pids), default=0)
 
 
-# ---------------------------------------------------------------------------------------------------------------- TOML
+# ---------------------------------------------------------------------------------------------------------- TOML
 
 
 def _toml_value(value: Any) -> str:
@@ -168,7 +168,7 @@ def site(
     return table
 
 
-# ---------------------------------------------------------------------------------------------------------------- edge
+# ---------------------------------------------------------------------------------------------------------- edge
 
 
 class Edge:
@@ -254,10 +254,8 @@ class Edge:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 for pid in children(self.proc.pid):
-                    try:
+                    with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
                 self.proc.kill()
                 self.proc.wait(5)
         if self in LIVE_EDGES:
@@ -298,10 +296,8 @@ class Edge:
     def access_entries(self) -> list[dict[str, Any]]:
         entries = []
         for line in self.access_lines():
-            try:
+            with contextlib.suppress(ValueError):
                 entries.append(json.loads(line))
-            except ValueError:
-                pass
         return entries
 
     def diagnostics(self) -> str:
@@ -325,7 +321,7 @@ class Edge:
                     ca_pem=self.ca_pem, timeout=timeout)
 
 
-# ---------------------------------------------------------------------------------------------------------------- origins
+# ---------------------------------------------------------------------------------------------------------- origins
 
 
 class PythonOrigin:
@@ -452,7 +448,7 @@ class NginxOrigin:
             self.proc.wait()
 
 
-# ---------------------------------------------------------------------------------------------------------------- clients
+# ---------------------------------------------------------------------------------------------------------- clients
 
 
 @dataclass
@@ -522,10 +518,8 @@ class RawConn:
         self.close()
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
 
     def settimeout(self, t: float) -> None:
         self.sock.settimeout(t)
@@ -580,7 +574,7 @@ class RawConn:
             self.sock.settimeout(left)
             try:
                 self._fill()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
         out = bytes(self.buf)
         self.buf.clear()
@@ -719,7 +713,7 @@ def openssl_s_client(port: int, servername: str | None, *args: str, request: byt
     return subprocess.run(cmd, input=request, capture_output=True, timeout=timeout)
 
 
-# ---------------------------------------------------------------------------------------------------------------- configs
+# ---------------------------------------------------------------------------------------------------------- configs
 
 
 def main_sites(py_origin: PythonOrigin, site_certs: dict[str, Any]) -> list[dict[str, Any]]:

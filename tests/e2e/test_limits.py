@@ -1,20 +1,16 @@
-"""Limits: 431, 414, slowloris (header timeout), body idle timeout, keep-alive and handshake timeouts, max connections."""
+"""Limits: 431, 414, slowloris (header timeout), body idle, keep-alive and handshake timeouts, max connections."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
 import time
 
-from e2e_support import MAIN_LIMITS, BLOG_HOSTS, RawConn, build_request, site
+from e2e_support import BLOG_HOSTS, RawConn, build_request, site
 
 HEADER_TIMEOUT = 2.0  # MAIN_LIMITS["header_timeout"]
-
-
-def test_main_limits_as_assumed():
-    assert MAIN_LIMITS["header_timeout"] == "2s"
-    assert MAIN_LIMITS["max_header_bytes"] == 8192
 
 
 def test_header_bytes_over_limit_431(main_edge, origin):
@@ -69,7 +65,7 @@ def _slowloris(edge, results: list, index: int) -> None:
                 break
             try:
                 data = c.sock.recv(4096)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except (OSError, ssl.SSLError):
                 break
@@ -111,12 +107,12 @@ def test_slowloris_closed_within_header_timeout_and_others_served(main_edge, ori
 
 
 def test_header_timeout_applies_to_idle_connection_without_request_bytes(main_edge):
-    # a connection that completes TLS and never sends anything is not kept beyond the header/keep-alive timeout
+    # a connection that completes TLS and never sends a byte: the header timeout runs from the connection's start
     t0 = time.monotonic()
     with main_edge.conn() as c:
-        data = c.read_to_eof(timeout=HEADER_TIMEOUT + 60 + 2)
+        data = c.read_to_eof(timeout=HEADER_TIMEOUT + 3)
     assert data == b"" or data.startswith(b"HTTP/1.1 408 ")
-    assert time.monotonic() - t0 < 62 + 2
+    assert time.monotonic() - t0 <= HEADER_TIMEOUT + 1.5
 
 
 def test_body_idle_timeout(make_edge, py_origin, site_certs, origin):
@@ -147,10 +143,8 @@ def test_keepalive_idle_timeout_handshake_timeout_and_max_connections(make_edge,
     # handshake timeout: a TCP connection that never starts TLS is closed after ~2 s
     with socket.create_connection(("127.0.0.1", edge.https_port), timeout=6) as s:
         t0 = time.monotonic()
-        try:
+        with contextlib.suppress(ConnectionResetError):
             assert s.recv(100) == b""
-        except ConnectionResetError:
-            pass
         assert time.monotonic() - t0 <= 3.5
     # max_connections: 5 held open, the 6th is refused at accept, a slot frees when one closes
     conns = []

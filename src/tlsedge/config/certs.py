@@ -72,7 +72,7 @@ def _encrypted(path: Path) -> ValueError:
 
 
 def key_type(key: PrivateKeyTypes | PublicKeyTypes) -> str:
-    """ "EC", "RSA", "Ed25519", ...: a site may hold one certificate per type, and clients pick by type."""
+    """The key type ("EC", "RSA", "Ed25519"...): a site holds one certificate per type; clients pick by type."""
     if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
         return "EC"
     if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):

@@ -297,7 +297,8 @@ def _check_listener_clashes(t: _Table, listeners: list[tuple[str, Listener]]) ->
                 t.at(
                     where,
                     f"'{listener}' clashes with {earlier_where} ('{earlier}'): an address and port can be listened "
-                    "on once ('*', '0.0.0.0' and '[::]' cover every address); remove one or change its port",
+                    "on once ('*' and '0.0.0.0' cover every IPv4 address, '[::]' every IPv6 one); remove one or "
+                    "change its port",
                 )
                 break
 
@@ -310,7 +311,7 @@ def _state_dir(t: _Table) -> Path:
 
 
 def _log_target(t: _Table, key: str, *, allow_off: bool) -> str | None:
-    """ "-" (standard stream), "off" (access log only) or a file path, resolved, whose directory must exist."""
+    """Where a log goes: "-" (standard stream), "off" (access log only) or a file path whose directory must exist."""
     value = t.string(key)
     if value is None or value == "-" or (value == "off" and allow_off):
         return value
@@ -521,6 +522,12 @@ def _certificate(t: _Table) -> _LoadedCertificate | None:
         if unfit:
             t.problem("key", unfit)
             key = None
+        elif certs.key_type(key) in ("Ed25519", "Ed448"):
+            t.warn(
+                "key",
+                f"most browsers do not accept {certs.key_type(key)} certificates; serve an EC P-256 "
+                "certificate too (certificate = [{...}, {...}])",
+            )
     files = CertificateFiles(cert=cert_path, key=key_path)
     if chain is None or key is None:
         return _LoadedCertificate(files, None, certs.key_type(key) if key is not None else None)

@@ -18,7 +18,7 @@ from typing import Literal
 from .schema import Listener
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([a-z]+)$")
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([a-z]*)$")
 _DURATION_HELP = "write a number of seconds (30, 0.25) or a string with a unit: '250ms', '30s', '5m', '1h'"
 
 _KIB = 1024
@@ -59,6 +59,10 @@ def parse_duration(value: object) -> float:
         raise ValueError(f"must be a duration, not {describe(value)}; {_DURATION_HELP}")
     if isinstance(value, str):
         match = _DURATION_RE.match(value.strip().lower())
+        if match and not match[2]:
+            raise ValueError(
+                f"{value!r} has no unit; write it as a number ({match[1]}) or add a unit; {_DURATION_HELP}"
+            )
         if not match or match[2] not in _DURATION_UNITS:
             raise ValueError(f"{value!r} is not a duration; {_DURATION_HELP}")
         seconds = float(match[1]) * _DURATION_UNITS[match[2]]
@@ -75,11 +79,11 @@ def parse_size(value: object, minimum: int = 0) -> int:
         raise ValueError(f"must be a size, not {describe(value)}; {_SIZE_HELP}")
     if isinstance(value, str):
         match = _SIZE_RE.match(value.strip().lower())
+        if match and not match[2]:
+            raise ValueError(f"{value!r} has no unit; write it as a number ({match[1]}) or add a unit; {_SIZE_HELP}")
         if not match or match[2] not in _SIZE_UNITS:
             hint = " (units are 1024-based: use KiB, MiB, GiB)" if match and match[2] in ("kb", "mb", "gb") else ""
             raise ValueError(f"{value!r} is not a size{hint}; {_SIZE_HELP}")
-        if not match[2]:
-            raise ValueError(f"{value!r} has no unit; write it as a number ({match[1]}) or add a unit; {_SIZE_HELP}")
         size = round(float(match[1]) * _SIZE_UNITS[match[2]])
     else:
         size = value
@@ -115,7 +119,7 @@ def _split_host_port(text: str, example: str) -> tuple[str, str | None, bool]:
 
 
 def parse_listener(text: str) -> Listener:
-    """A listen address "host:port": an IP literal ("[::1]" for IPv6), "localhost", or "*" for every address."""
+    """A listen address "host:port": an IP literal ("[::1]" for IPv6), "localhost", or "*" (same as 0.0.0.0)."""
     example = "'[::1]:8443'"
     host, port, bracketed = _split_host_port(text, example)
     if port is None:
@@ -133,30 +137,31 @@ def parse_listener(text: str) -> Listener:
         except ValueError:
             raise ValueError(
                 f"cannot listen on {host!r}: use an IP address ('127.0.0.1', {example}), 'localhost', "
-                "or '*' / '0.0.0.0' / '[::]' for every address"
+                "or '*' / '0.0.0.0' for every IPv4 address and '[::]' for every IPv6 address"
             ) from None
     return Listener(host=host, port=parse_port(port))
 
 
-def _families(listener: Listener) -> tuple[set[int], bool]:
-    """The IP versions a listener binds and whether it binds every address of them (a wildcard)."""
+def bind_address(listener: Listener) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address a listener binds: "*" is 0.0.0.0 (every IPv4 address; "[::]" is IPv6's), "localhost" 127.0.0.1.
+
+    This mirrors how `tlsedge.control.listeners` opens sockets, so clashes found here are the binds that would fail.
+    """
     if listener.host == "*":
-        return {4, 6}, True
+        return ipaddress.IPv4Address("0.0.0.0")
     if listener.host == "localhost":
-        return {4, 6}, False
-    address = ipaddress.ip_address(listener.host.split("%")[0])
-    return {address.version}, address.is_unspecified
+        return ipaddress.IPv4Address("127.0.0.1")
+    return ipaddress.ip_address(listener.host)
 
 
 def listeners_clash(a: Listener, b: Listener) -> bool:
     """True when both cannot be bound together: same address and port, or a wildcard covering the other's address."""
     if a.port != b.port:
         return False
-    if a.host == b.host:
-        return True
-    families_a, wild_a = _families(a)
-    families_b, wild_b = _families(b)
-    return (wild_a or wild_b) and bool(families_a & families_b)
+    address_a, address_b = bind_address(a), bind_address(b)
+    if address_a.version != address_b.version:
+        return False  # IPv6 sockets are opened IPV6_V6ONLY, so [::] does not cover IPv4
+    return address_a == address_b or address_a.is_unspecified or address_b.is_unspecified
 
 
 def normalize_hostname(text: str, *, allow_wildcard: bool) -> str:

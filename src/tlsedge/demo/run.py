@@ -46,6 +46,8 @@ START_TIMEOUT = 30.0  # seconds for origins and edge to accept connections
 CURL_TIMEOUT = 10  # seconds per smoke request (curl --max-time)
 STOP_TIMEOUT = 15.0  # seconds for all children to exit after SIGTERM, then SIGKILL
 LOG_TAIL_LINES = 40  # lines of each child's log shown when something fails
+# Children and smoke curls never go through a proxy from the environment: everything here is on 127.0.0.1.
+_PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 
 DEFAULT_HTTPS_PORT = 8443
 DEFAULT_HTTP_PORT = 8080
@@ -226,9 +228,6 @@ def curl_checks(files: DemoFiles, ports: DemoPorts) -> list[CurlCheck]:
     ]
 
 
-_PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
-
-
 # -- child processes ---------------------------------------------------------------------------------------------------
 
 
@@ -300,7 +299,8 @@ class Children:
                     complaints.append(f"{child.name} did not stop within {STOP_TIMEOUT:.0f}s after SIGTERM; killed")
             with suppress(ProcessLookupError, PermissionError):  # the group may be gone already
                 os.killpg(child.proc.pid, signal.SIGKILL)
-            child.proc.wait(timeout=5)
+            with suppress(subprocess.TimeoutExpired):  # unkillable (stuck in the kernel): nothing more we can do
+                child.proc.wait(timeout=5)
         for out in self._logs:
             out.close()
         self._logs.clear()
@@ -435,9 +435,8 @@ def _run(
     edge_log = files.logs / "edge.log" if smoke else None
     children.start("edge", [py, "-m", "tlsedge", "serve", "-c", str(files.config)], edge_log)
 
-    edge_tls = ssl.create_default_context(cafile=files.ca_cert)
-    origin_tls = ssl.create_default_context(cafile=files.ca_cert)
-    probes = {ports.https: (edge_tls, "blog.example"), ports.shop_origin: (origin_tls, "origin.shop.example")}
+    demo_ca = ssl.create_default_context(cafile=files.ca_cert)
+    probes = {ports.https: (demo_ca, "blog.example"), ports.shop_origin: (demo_ca, "origin.shop.example")}
     deadline = time.monotonic() + START_TIMEOUT
     waiting = [ports.blog_origin, ports.shop_origin, ports.https, ports.http]
     while waiting:

@@ -73,6 +73,7 @@ class ClientConnection(asyncio.Protocol):
         self.parsing: Exchange | None = None
         self.queue: deque[Exchange] = deque()
         self.paused = 0
+        self.write_paused = False
         self.closed = False
         self.deadline = 0.0
         self.deadline_kind = _IDLE
@@ -115,11 +116,13 @@ class ClientConnection(asyncio.Protocol):
         self.edge.connection_closed()
 
     def pause_writing(self) -> None:
+        self.write_paused = True
         ex = self.current
         if ex is not None and ex.origin is not None:
             ex.origin.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.write_paused = False
         ex = self.current
         if ex is not None and ex.origin is not None and not ex.origin.closed:
             ex.origin.transport.resume_reading()
@@ -136,6 +139,8 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self.parser is None:
+            return  # a rejected request: the connection closes once the answer is out
         if self.deadline_kind == _IDLE:
             self.deadline_kind = _HEAD
             self.deadline = self.edge.loop.time() + self.edge.limits.header_timeout
@@ -149,8 +154,6 @@ class ClientConnection(asyncio.Protocol):
             self.deadline = self.edge.loop.time() + self.edge.limits.body_idle_timeout
         try:
             self.parser.feed_data(data)
-        except Rejected as exc:
-            self._reject_parse(exc.status, exc.reason)
         except httptools.HttpParserUpgrade as exc:
             # Upgrades are not tunnelled yet: the request was forwarded without Upgrade; parse what follows anew.
             self.parser = httptools.HttpRequestParser(self)
@@ -159,7 +162,12 @@ class ClientConnection(asyncio.Protocol):
                 self.data_received(rest)
                 return
         except httptools.HttpParserError as exc:
-            self._reject_parse(400, f"malformed request: {exc}")
+            # httptools wraps exceptions raised by our callbacks; the original is the context.
+            cause = exc.__context__
+            if isinstance(cause, Rejected):
+                self._reject_parse(cause.status, cause.reason)
+            else:
+                self._reject_parse(400, f"malformed request: {exc}")
         self.flush()
 
     def flush(self) -> None:
@@ -228,6 +236,9 @@ class ClientConnection(asyncio.Protocol):
         headers.append((name, value))
         if len(headers) > self.edge.limits.max_header_count:
             raise Rejected(431, "too many request headers")
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes > self.edge.limits.max_header_bytes:
+            raise Rejected(431, "request headers larger than max_header_bytes")
         if b"\x00" in value or b"\r" in value or b"\n" in value:
             raise Rejected(400, "control character in header value")
 
@@ -338,6 +349,9 @@ class ClientConnection(asyncio.Protocol):
                 content_length = value
             elif lname in HOP_BY_HOP:
                 if lname == b"transfer-encoding":
+                    # Only a lone "chunked" is unambiguous; other codings would be dropped when we re-frame.
+                    if value.strip().lower() != b"chunked" or ex.http10:
+                        raise Rejected(400, "unsupported Transfer-Encoding")
                     chunked = True
                 elif lname == b"connection":
                     tokens = connection_tokens(value)
@@ -527,6 +541,8 @@ class ClientConnection(asyncio.Protocol):
         elif not ex.has_body:
             ex.replay = data
         ex.t_upstream = monotonic()
+        if self.write_paused:
+            conn.transport.pause_reading()
         conn.send(self, data, head_request=ex.method == b"HEAD", now=self.edge.loop.time())
 
     # --- events from the origin connection -------------------------------------------------------------------------
@@ -695,6 +711,7 @@ class ClientConnection(asyncio.Protocol):
         if ex.origin is not None:
             ex.origin.abort()
             ex.origin = None
+        self._resume(_PAUSE_ORIGIN | _PAUSE_PENDING)
         self._log(ex)
         if not ex.keep_alive or self.edge.draining:
             self._close()

@@ -100,16 +100,19 @@ class OriginConnection(asyncio.Protocol):
         self.deadline = self.pool.loop.time() + self.pool.timeouts.read_timeout
         try:
             self.parser.feed_data(data)
-        except _SkipBody:
-            keep_alive = self.parser.should_keep_alive()
-            self.parser = httptools.HttpResponseParser(self)
-            self._complete(keep_alive)
         except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _SkipBody):
+                # httptools wraps callback exceptions: this one marks the end of a response to HEAD.
+                keep_alive = self.parser.should_keep_alive()
+                self.parser = httptools.HttpResponseParser(self)
+                self._complete(keep_alive)
+                client.flush()
+                return
             self.client = None
             self.closed = True
             self.transport.abort()
             self.pool.forget(self)
-            client.origin_lost(self, f"invalid response from origin: {exc}")
+            client.origin_lost(self, f"invalid response from origin: {exc.__context__ or exc}")
         client.flush()
 
     def eof_received(self) -> bool:

@@ -79,6 +79,7 @@ class OriginPool:
             self.connections.discard(conn)
             return
         conn.deadline = self.loop.time() + self.timeouts.idle_timeout
+        conn.transport.resume_reading()  # it may have been paused for a slow client
         self.idle.append(conn)
 
     def forget(self, conn: OriginConnection) -> None:
