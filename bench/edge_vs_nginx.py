@@ -212,19 +212,51 @@ class Window:
     server_pids: list[int] = field(default_factory=list)
     core_busy_pct: dict[str, float] = field(default_factory=dict)
     core_steal_pct: dict[str, float] = field(default_factory=dict)
+    origin_cpu_s: float = 0.0
+    origin_conns: int = 0
+
+
+@dataclass
+class OriginRef:
+    """The shared origin: its pid (for CPU) and port (for nginx stub_status: connections accepted)."""
+
+    pid: int
+    port: int
+
+
+def origin_accepts(port: int) -> int:
+    """Connections the origin has accepted so far, from its stub_status (the query's own connection included).
+
+    The difference over a window shows whether a proxy reuses upstream connections; a proxy that does not makes
+    the origin, which shares the load core, slower for everyone, so this is worth seeing beside the other figures.
+    """
+    with socket.create_connection((LOOPBACK, port), timeout=3) as s:
+        s.sendall(b"GET /__status HTTP/1.1\r\nHost: origin\r\nConnection: close\r\n\r\n")
+        data = bytearray()
+        while chunk := s.recv(4096):
+            data += chunk
+    # "... server accepts handled requests\n 12 12 34\n ..."
+    lines = bytes(data).split(b"\r\n\r\n", 1)[1].decode().splitlines()
+    return int(lines[2].split()[0])
 
 
 class CpuSampler:
-    """Samples a process tree and the cores at the start and end of a load window."""
+    """Samples a process tree, the origin and the cores at the start and end of a load window."""
 
-    def __init__(self, root: int, cores: Sequence[int]) -> None:
+    def __init__(self, root: int, cores: Sequence[int], origin: OriginRef | None = None) -> None:
         self.root = root
         self.cores = list(cores)
+        self.origin = origin
         self._t0 = 0.0
         self._cpu0 = 0.0
+        self._origin_cpu0 = 0.0
+        self._origin_conns0 = 0
         self._cores0: dict[int, tuple[float, float, float]] = {}
 
     def start(self) -> None:
+        if self.origin:
+            self._origin_conns0 = origin_accepts(self.origin.port)
+            self._origin_cpu0, _ = tree_cpu_seconds(self.origin.pid)
         self._cores0 = core_times(self.cores)
         self._cpu0, _ = tree_cpu_seconds(self.root)
         self._t0 = time.monotonic()
@@ -234,6 +266,9 @@ class CpuSampler:
         cpu1, pids = tree_cpu_seconds(self.root)
         cores1 = core_times(self.cores)
         w = Window(seconds=t1 - self._t0, server_cpu_s=cpu1 - self._cpu0, server_pids=pids)
+        if self.origin:
+            w.origin_cpu_s = tree_cpu_seconds(self.origin.pid)[0] - self._origin_cpu0
+            w.origin_conns = origin_accepts(self.origin.port) - self._origin_conns0 - 1  # minus our first query
         for c in self.cores:
             b0, i0, s0 = self._cores0[c]
             b1, i1, s1 = cores1[c]
@@ -386,6 +421,7 @@ def write_origin_conf(prefix: Path, port: int, docroot: Path) -> Path:
                     listen {LOOPBACK}:{port} reuseport backlog=4096;
                     root {docroot};
                     location / {{ }}
+                    location = /__status {{ stub_status; }}
                 }}
             }}
             """
@@ -758,6 +794,8 @@ class Measurement:
             "ops_per_s": self.ops_per_s,
             "cpu_us_per_op": self.cpu_us_per_op,
             "server_core_pct": 100.0 * self.window.server_cpu_s / self.window.seconds if self.window.seconds else 0.0,
+            "origin_cpu_us_per_op": 1e6 * self.window.origin_cpu_s / self.ops if self.ops else math.inf,
+            "origin_conns_per_kop": 1000.0 * self.window.origin_conns / self.ops if self.ops else math.inf,
         }
         if self.scenario.startswith("keepalive"):
             m["p99_ms"] = self.detail["lat_p99_us"] / 1000.0
@@ -767,11 +805,12 @@ class Measurement:
 
 @dataclass
 class Target:
-    """A running proxy under test."""
+    """A running proxy under test, and the origin behind it."""
 
     name: str
     port: int
     service: Service
+    origin: OriginRef
 
 
 def measure_wrk(
@@ -781,7 +820,7 @@ def measure_wrk(
     path = "/1k" if scenario == "keepalive_1k" else "/100k"
     if args.warmup > 0:
         run_wrk(lua, target.port, path, max(1, round(args.warmup)), args.connections, args.load_core)
-    sampler = CpuSampler(target.service.pid, cores)
+    sampler = CpuSampler(target.service.pid, cores, target.origin)
     sampler.start()
     res = run_wrk(lua, target.port, path, args.duration, args.connections, args.load_core)
     window = sampler.stop()
@@ -791,7 +830,7 @@ def measure_wrk(
 
 def measure_handshakes(target: Target, run: int, args: argparse.Namespace, cores: Sequence[int]) -> Measurement:
     """Full TLS 1.3 handshakes with our own client; window = the sampler's window exactly."""
-    sampler = CpuSampler(target.service.pid, cores)
+    sampler = CpuSampler(target.service.pid, cores, target.origin)
     res, window = run_handshakes(target.port, args.hs_clients, args.load_core, args.warmup, args.duration, sampler)
     return Measurement(target.name, "handshake", run, res["connections"], window.seconds, window, res)
 
@@ -841,14 +880,20 @@ def render_table(med: dict[str, dict[str, dict[str, float]]], servers: Sequence[
         ("keepalive_1k", "p99_ms", "p99 latency ms", lambda v: f"{v:.2f}", "lower"),
         ("keepalive_1k", "cpu_us_per_op", "server CPU µs/request", lambda v: f"{v:.1f}", "lower"),
         ("keepalive_1k", "server_core_pct", "server CPU, % of a core", lambda v: f"{v:.0f}", ""),
+        ("keepalive_1k", "origin_cpu_us_per_op", "origin CPU µs/request", lambda v: f"{v:.1f}", "lower"),
+        ("keepalive_1k", "origin_conns_per_kop", "origin conns opened/1000", lambda v: f"{v:.1f}", "lower"),
         ("handshake", "ops_per_s", "connections/s", lambda v: f"{v:,.0f}", "higher"),
         ("handshake", "cpu_us_per_op", "server CPU µs/connection", lambda v: f"{v:.1f}", "lower"),
         ("handshake", "server_core_pct", "server CPU, % of a core", lambda v: f"{v:.0f}", ""),
+        ("handshake", "origin_cpu_us_per_op", "origin CPU µs/connection", lambda v: f"{v:.1f}", "lower"),
+        ("handshake", "origin_conns_per_kop", "origin conns opened/1000", lambda v: f"{v:.1f}", "lower"),
         ("keepalive_100k", "mb_per_s", "MB/s", lambda v: f"{v:,.1f}", "higher"),
         ("keepalive_100k", "ops_per_s", "responses/s", lambda v: f"{v:,.0f}", "higher"),
         ("keepalive_100k", "p99_ms", "p99 latency ms", lambda v: f"{v:.2f}", "lower"),
         ("keepalive_100k", "cpu_us_per_op", "server CPU µs/response", lambda v: f"{v:.1f}", "lower"),
         ("keepalive_100k", "server_core_pct", "server CPU, % of a core", lambda v: f"{v:.0f}", ""),
+        ("keepalive_100k", "origin_cpu_us_per_op", "origin CPU µs/response", lambda v: f"{v:.1f}", "lower"),
+        ("keepalive_100k", "origin_conns_per_kop", "origin conns opened/1000", lambda v: f"{v:.1f}", "lower"),
     ]
     last_scenario = ""
     for scenario, key, label, fmt, better in specs:
@@ -1004,6 +1049,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
         services.append(origin)
         wait_port(origin, origin_port)
+        origin_ref = OriginRef(origin.pid, origin_port)
 
         handshake_check: dict[str, Any] | None = None
         if "handshake" in args.scenarios and not args.skip_handshake_check:
@@ -1027,7 +1073,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tmp / "nginx.log", tmp,
             )  # fmt: skip
             services.append(svc)
-            targets["nginx"] = Target("nginx", port, svc)
+            targets["nginx"] = Target("nginx", port, svc, origin_ref)
         if "tlsedge" in args.servers:
             port = free_port()
             cfg = write_edge_conf(tmp, port, origin_port, certs)
@@ -1036,7 +1082,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tmp / "tlsedge.log", tmp,
             )  # fmt: skip
             services.append(svc)
-            targets["tlsedge"] = Target("tlsedge", port, svc)
+            targets["tlsedge"] = Target("tlsedge", port, svc, origin_ref)
         for t in targets.values():
             desc = wait_ready(t.service, t.port, certs["ca"], docroot)
             _, pids = tree_cpu_seconds(t.service.pid)
@@ -1101,6 +1147,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"handshake client: {total:,} connections in the windows, {resumed} resumed, {not13} not TLS 1.3, "
                 f"{failed} failed (fresh SSLSocket per connection, no session offered)"
+            )
+        if other > 10:
+            print(
+                f"WARNING: core {args.server_core} was busy outside the server under test {other:.0f}% of the time "
+                "(other processes on this machine); req/s are unreliable and CPU/op is inflated by cache and "
+                "scheduler interference. Re-run on a quiet machine."
             )
         flagged = [(m, f) for m in measurements if (f := sanity_flags(m))]
         for m, f in flagged:

@@ -1,9 +1,10 @@
 """A tiny uvloop TLS server over ``build_tls_table``, run as a subprocess by the tests.
 
-Usage: ``python serve_tls.py CONFIG.pickle STATE_DIR [scramble-sites|scramble-listener]``; prints the port on stdout once listening. For each connection
-it writes ``site=<site_of> alpn=<protocol> version=<tls version>`` after the handshake, echoes lines back, and closes
-on a line ``bye``. The optional third argument replaces the ticket keys of the site contexts or of the listener
-context with random ones, to show which context's keys OpenSSL really uses after an SNI switch. A separate process (not a thread) so two servers really are two processes for ticket sharing.
+Usage: ``python serve_tls.py CONFIG.pickle STATE_DIR [scramble-sites|scramble-listener]``; prints the port on stdout
+once listening. For each connection it writes ``site=<site_of> alpn=<protocol> version=<tls version>`` after the
+handshake, echoes lines back, and closes on a line ``bye``. The optional third argument replaces the ticket keys of
+the site contexts or of the listener context with random ones, to show which context's keys OpenSSL really uses after
+an SNI switch. A separate process (not a thread) so that two servers really are two processes for ticket sharing.
 """
 
 from __future__ import annotations

@@ -229,7 +229,10 @@ def test_client_renegotiation_refused(server: Server) -> None:
     # A line "R" makes s_client (without -ign_eof) start a TLS 1.2 renegotiation.
     proc = subprocess.Popen(
         ["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", "-servername", "blog.example", "-tls1_2"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     assert proc.stdin is not None
     proc.stdin.write("R\n")
@@ -245,18 +248,32 @@ def test_client_renegotiation_refused(server: Server) -> None:
 def test_sslscan_report(server: Server) -> None:
     result = subprocess.run(
         ["sslscan", "--no-colour", "--sni-name=blog.example", f"127.0.0.1:{server.port}"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     out = result.stdout
-    for proto, state in [("SSLv2", "disabled"), ("SSLv3", "disabled"), ("TLSv1.0", "disabled"),
-                         ("TLSv1.1", "disabled"), ("TLSv1.2", "enabled"), ("TLSv1.3", "enabled")]:
+    for proto, state in [
+        ("SSLv2", "disabled"),
+        ("SSLv3", "disabled"),
+        ("TLSv1.0", "disabled"),
+        ("TLSv1.1", "disabled"),
+        ("TLSv1.2", "enabled"),
+        ("TLSv1.3", "enabled"),
+    ]:
         assert re.search(rf"^{re.escape(proto)}\s+{state}", out, re.M), (proto, out)
     assert "Session renegotiation not supported" in out
     suites = re.findall(r"^(?:Preferred|Accepted)\s+TLSv1\.[23]\s+\d+ bits\s+(\S+)", out, re.M)
     assert set(suites) == {
-        "TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256",
-        "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
-        "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+        "TLS_AES_128_GCM_SHA256",
+        "TLS_AES_256_GCM_SHA384",
+        "TLS_CHACHA20_POLY1305_SHA256",
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
     }, out
     groups_part = out.split("Server Key Exchange Group(s):")[1].split("SSL Certificate:")[0]
     assert set(re.findall(r"bits\s+(\S+)", groups_part)) == {"x25519", "secp256r1", "secp384r1"}, out

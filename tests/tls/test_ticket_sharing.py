@@ -49,26 +49,31 @@ def resumed(port: int, proto: str, sess: Path, servername: str = "a.blog.example
 
 
 @pytest.mark.parametrize("proto", ["-tls1_2", "-tls1_3"])
-def test_ticket_from_one_worker_resumes_on_another(worker_a: Server, worker_b: Server, proto: str,
-                                                   tmp_path: Path) -> None:
+def test_ticket_from_one_worker_resumes_on_another(
+    worker_a: Server, worker_b: Server, proto: str, tmp_path: Path
+) -> None:
     sess = session_from(worker_a.port, proto, tmp_path)
     assert resumed(worker_b.port, proto, sess)
     assert resumed(worker_a.port, proto, sess)
 
 
 @pytest.mark.parametrize("proto", ["-tls1_2", "-tls1_3"])
-def test_ticket_not_accepted_with_another_key(worker_a: Server, other_edge: Server, proto: str,
-                                              tmp_path: Path) -> None:
+def test_ticket_not_accepted_with_another_key(worker_a: Server, other_edge: Server, proto: str, tmp_path: Path) -> None:
     sess = session_from(worker_a.port, proto, tmp_path)
     assert not resumed(other_edge.port, proto, sess)
 
 
-@pytest.mark.parametrize("proto", ["-tls1_2", "-tls1_3"])
-def test_listener_context_keys_are_the_ones_used(server_factory: ServerFactory, certs: Certs, shared_state: Path,
-                                                 worker_a: Server, proto: str, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def scrambled(server_factory: ServerFactory, certs: Certs, shared_state: Path) -> dict[str, Server]:
+    """Servers with the shared key on all contexts but then random keys on the site contexts / on the listener."""
     config = make_config(shared_state, certs, "blog")
-    sites_scrambled = server_factory(config, shared_state, "scramble-sites")
-    listener_scrambled = server_factory(config, shared_state, "scramble-listener")
+    return {what: server_factory(config, shared_state, f"scramble-{what}") for what in ("sites", "listener")}
+
+
+@pytest.mark.parametrize("proto", ["-tls1_2", "-tls1_3"])
+def test_listener_context_keys_are_the_ones_used(
+    worker_a: Server, scrambled: dict[str, Server], proto: str, tmp_path: Path
+) -> None:
     sess = session_from(worker_a.port, proto, tmp_path)
-    assert resumed(sites_scrambled.port, proto, sess)
-    assert not resumed(listener_scrambled.port, proto, sess)
+    assert resumed(scrambled["sites"].port, proto, sess)
+    assert not resumed(scrambled["listener"].port, proto, sess)

@@ -77,8 +77,13 @@ def test_key_of_another_certificate(tmp_path: Path, files: CertificateFiles, loc
 
 def test_encrypted_key_is_refused_without_prompting(tmp_path: Path, files: CertificateFiles) -> None:
     key = serialization.load_pem_private_key(files.key.read_bytes(), None)
-    files.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                            serialization.BestAvailableEncryption(b"secret")))
+    files.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
     field, reason, _ = only_problem(one_site_config(tmp_path, files))
     assert field.endswith(".key") and "encrypted" in reason
 
@@ -91,14 +96,23 @@ def test_two_certificates_of_one_key_type(tmp_path: Path, files: CertificateFile
 def test_every_problem_is_reported(tmp_path: Path, certs: Certs) -> None:
     config = make_config(tmp_path, certs, "blog")
     broken = tuple(
-        SiteConfig(s.name, s.hosts, tuple(CertificateFiles(c.cert, tmp_path / f"{s.name}.missing") for c in
-                                          s.certificates), s.origins, s.origin_tls) for s in config.sites
+        SiteConfig(
+            s.name,
+            s.hosts,
+            tuple(CertificateFiles(c.cert, tmp_path / f"{s.name}.missing") for c in s.certificates),
+            s.origins,
+            s.origin_tls,
+        )
+        for s in config.sites
     )
     with pytest.raises(Exception) as info:
         build_tls_table(Config(config.path, config.server, broken), KEYS)
     fields = [p.field for p in info.value.problems]  # type: ignore[attr-defined]
-    assert fields == ["site[blog].certificates[0].key", "site[blog].certificates[1].key",
-                      "site[api].certificates[0].key"]
+    assert fields == [
+        "site[blog].certificates[0].key",
+        "site[blog].certificates[1].key",
+        "site[api].certificates[0].key",
+    ]
 
 
 def test_table_lists_tls_sites_and_names(tmp_path: Path, certs: Certs) -> None:
@@ -112,9 +126,13 @@ def test_table_lists_tls_sites_and_names(tmp_path: Path, certs: Certs) -> None:
 
 @pytest.mark.parametrize(
     ("pattern", "name", "match"),
-    [("*.b.example", "a.b.example", True), ("*.b.example", "b.example", False),
-     ("*.b.example", "x.a.b.example", False), ("*.b.example", ".b.example", False),
-     ("b.example", "b.example", True)],
+    [
+        ("*.b.example", "a.b.example", True),
+        ("*.b.example", "b.example", False),
+        ("*.b.example", "x.a.b.example", False),
+        ("*.b.example", ".b.example", False),
+        ("b.example", "b.example", True),
+    ],
 )
 def test_host_matches(pattern: str, name: str, match: bool) -> None:
     assert host_matches(pattern, name) is match

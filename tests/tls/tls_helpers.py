@@ -25,7 +25,9 @@ def make_config(state_dir: Path, certs: Certs, default_site: str | None) -> Conf
     """Sites: blog (ECDSA + RSA, exact + wildcard), api (ECDSA), plain (no certificate)."""
     origin = Origin("http", "127.0.0.1", 9)
     sites = (
-        SiteConfig("blog", ("blog.example", "*.blog.example"), (certs.blog_ecdsa, certs.blog_rsa), (origin,), "flexible"),
+        SiteConfig(
+            "blog", ("blog.example", "*.blog.example"), (certs.blog_ecdsa, certs.blog_rsa), (origin,), "flexible"
+        ),
         SiteConfig("api", ("api.example",), (certs.api,), (origin,), "flexible"),
         SiteConfig("plain", ("plain.example",), (), (origin,), "flexible"),
     )

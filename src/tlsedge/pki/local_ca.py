@@ -66,9 +66,7 @@ def _san(name: str) -> x509.GeneralName:
         return x509.DNSName(name)
 
 
-def _validity(
-    days: int, not_before: datetime | None, not_after: datetime | None
-) -> tuple[datetime, datetime]:
+def _validity(days: int, not_before: datetime | None, not_after: datetime | None) -> tuple[datetime, datetime]:
     start = not_before if not_before is not None else datetime.now(UTC) - _CLOCK_SKEW
     end = not_after if not_after is not None else start + _CLOCK_SKEW + timedelta(days=days)
     return start, end

@@ -15,11 +15,10 @@ at ``id(ctx) + object.__basicsize__``.
 
 from __future__ import annotations
 
+import _ssl
 import ctypes
 import ctypes.util
 import ssl
-
-import _ssl
 
 # From openssl/ssl.h (stable across 1.1.1 and 3.x).
 _SSL_CTRL_SET_TLSEXT_TICKET_KEYS = 59

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
@@ -167,8 +167,11 @@ def _site_context(
             ok = False
             continue
         if key_type in key_types:
-            problem("cert", f"{files.cert}: a second {key_type} certificate (certificates[{key_types[key_type]}] is "
-                    f"one already); a site may have one certificate per key type")
+            problem(
+                "cert",
+                f"{files.cert}: a second {key_type} certificate (certificates[{key_types[key_type]}] is "
+                f"one already); a site may have one certificate per key type",
+            )
             ok = False
             continue
         key_types[key_type] = i
@@ -207,7 +210,7 @@ def _check_pair(files: CertificateFiles, problem: Callable[[str, str], None]) ->
     except TypeError:
         problem("key", f"{files.key}: the private key is encrypted; store it unencrypted with mode 0600")
         return None
-    except (ValueError, x509.UnsupportedGeneralNameType) as exc:
+    except (ValueError, UnsupportedAlgorithm) as exc:
         problem("key", f"{files.key}: not a PEM private key ({exc})")
         return None
     if key.public_key() != cert.public_key():

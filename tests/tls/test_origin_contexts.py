@@ -28,13 +28,14 @@ class OriginServer:
     """A blocking TLS server in a thread: greets with b"ok", records the SNI and ALPN it saw."""
 
     port: int
+    cert_path: Path | None
     seen_sni: list[str | None] = field(default_factory=list)
     seen_alpn: list[str | None] = field(default_factory=list)
 
 
 def serve(cert: IssuedCert | None, tmp: Path, name: str) -> Iterator[OriginServer]:
     listener = socket.create_server(("127.0.0.1", 0))
-    server = OriginServer(listener.getsockname()[1])
+    server = OriginServer(listener.getsockname()[1], tmp / f"{name}.pem" if cert else None)
     ctx = None
     if cert is not None:
         cert.write(tmp / f"{name}.pem", tmp / f"{name}.key")
@@ -100,8 +101,15 @@ def origins(ca: tuple[LocalCA, Path], tmp_path_factory: pytest.TempPathFactory) 
 
 
 def site(mode: str, ca_pem: Path | None = None, server_name: str | None = "origin.example") -> SiteConfig:
-    return SiteConfig("blog", ("blog.example",), (), (Origin("https", "127.0.0.1", 1),), mode,  # type: ignore[arg-type]
-                      origin_ca=ca_pem, origin_server_name=server_name)
+    return SiteConfig(
+        "blog",
+        ("blog.example",),
+        (),
+        (Origin("https", "127.0.0.1", 1),),
+        mode,  # type: ignore[arg-type]
+        origin_ca=ca_pem,
+        origin_server_name=server_name,
+    )
 
 
 def connect(site_config: SiteConfig, port: int) -> str:
@@ -113,8 +121,9 @@ def connect(site_config: SiteConfig, port: int) -> str:
     async def go() -> str:
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(origin.host, origin.port, ssl=ctx,
-                                        server_hostname=origin_server_name(site_config, origin)),
+                asyncio.open_connection(
+                    origin.host, origin.port, ssl=ctx, server_hostname=origin_server_name(site_config, origin)
+                ),
                 timeout=5,
             )
         except (ssl.SSLError, OSError) as exc:
@@ -140,6 +149,12 @@ def test_strict_with_origin_ca(origins: dict[str, OriginServer], ca: tuple[Local
     assert connect(site("strict", ca[1]), origins[cert].port) == EXPECTED[cert]
 
 
+def test_strict_can_pin_a_self_signed_origin(origins: dict[str, OriginServer]) -> None:
+    pinned = origins["self-signed"].cert_path
+    assert connect(site("strict", pinned), origins["self-signed"].port) == "ok"
+    assert connect(site("strict", pinned), origins["good"].port).startswith("origin certificate rejected: ")
+
+
 def test_strict_without_origin_ca_uses_system_roots_only(origins: dict[str, OriginServer]) -> None:
     assert connect(site("strict"), origins["good"].port) == (
         "origin certificate rejected: unable to get local issuer certificate"
@@ -157,8 +172,9 @@ def test_full_to_plain_http_port(origins: dict[str, OriginServer]) -> None:
     assert connect(site("full"), origins["plain-http"].port) == EXPECTED["plain-http"]
 
 
-def test_strict_ip_origin_verified_against_ip_san_without_sni(origins: dict[str, OriginServer],
-                                                              ca: tuple[LocalCA, Path]) -> None:
+def test_strict_ip_origin_verified_against_ip_san_without_sni(
+    origins: dict[str, OriginServer], ca: tuple[LocalCA, Path]
+) -> None:
     ip_site = site("strict", ca[1], server_name=None)
     assert origin_server_name(ip_site, Origin("https", "127.0.0.1", 1)) == "127.0.0.1"
     assert connect(ip_site, origins["good"].port) == "ok"
@@ -188,14 +204,19 @@ def test_context_settings() -> None:
 
 def test_unusable_origin_ca(tmp_path: Path) -> None:
     (tmp_path / "bad.pem").write_text("not a certificate")
-    sites = (replace(site("strict", tmp_path / "missing.pem"), name="a"),
-             replace(site("strict", tmp_path / "bad.pem"), name="b"), site("full"))
+    sites = (
+        replace(site("strict", tmp_path / "missing.pem"), name="a"),
+        replace(site("strict", tmp_path / "bad.pem"), name="b"),
+        site("full"),
+    )
     config = Config(tmp_path / "tlsedge.toml", ServerConfig(tmp_path, 1, (), ()), sites)
     with pytest.raises(TlsSetupError) as info:
         origin_ssl_contexts(config)
     problems = info.value.problems
     assert [(p.site, p.field, p.file) for p in problems] == [
-        ("a", "site[a].origin_ca", config.path), ("b", "site[b].origin_ca", config.path)]
+        ("a", "site[a].origin_ca", config.path),
+        ("b", "site[b].origin_ca", config.path),
+    ]
     assert "missing.pem" in problems[0].reason and "No such file" in problems[0].reason
     assert "bad.pem" in problems[1].reason
 
