@@ -301,11 +301,15 @@ class Service:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def log_tail(self, n: int = 30) -> str:
+    def log_tail(self, n: int = 20) -> str:
+        """First and last lines of the log: the cause (a traceback) is often at the top, a restart loop at the end."""
         try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+            lines = self.log.read_text(errors="replace").splitlines()
         except OSError:
             return ""
+        if len(lines) <= 2 * n:
+            return "\n".join(lines)
+        return "\n".join([*lines[:n], f"... ({len(lines) - 2 * n} lines) ...", *lines[-n:]])
 
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM the group, wait a bounded time, then SIGKILL whatever is left of the group."""
@@ -645,6 +649,7 @@ def _handshake_client(
     the readiness check already verified the chain.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us via the deadline/terminate
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # undo the parent's SIGTERM-as-Ctrl-C handler inherited by fork
     os.sched_setaffinity(0, {core})
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
@@ -947,10 +952,10 @@ def profile_edge(target: Target, args: argparse.Namespace, lua: Path, stamp: str
     cmd = [
         "taskset", "-c", str(args.load_core), py_spy, "record", "--pid", str(target.service.pid), "--subprocesses",
         "--rate", str(args.profile_rate), "--duration", str(args.duration), "--format", args.profile_format,
-        "--output", str(out), "--nonblocking",
+        "--output", str(out), "--function",
     ]  # fmt: skip
-    if args.profile_native:
-        cmd.append("--native")
+    # --nonblocking does not pause the edge to read its stacks (less distortion) but cannot unwind C frames.
+    cmd.append("--native" if args.profile_native else "--nonblocking")
     spy = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         time.sleep(0.5)
@@ -963,6 +968,47 @@ def profile_edge(target: Target, args: argparse.Namespace, lua: Path, stamp: str
     if spy.returncode != 0 or not out.exists():
         raise RuntimeError(f"py-spy failed (exit {spy.returncode}):\n{spy_out[-2000:]}")
     return out
+
+
+def summarize_speedscope(path: Path, top: int = 15) -> str:
+    """Top frames by self and by inclusive time from a py-spy speedscope file, so the run's output already says where
+    the edge spends its time (the file itself is for https://www.speedscope.app)."""
+    data = json.loads(path.read_text())
+    frames = data["shared"]["frames"]
+    self_w: dict[int, float] = {}
+    incl_w: dict[int, float] = {}
+    total = 0.0
+    for prof in data["profiles"]:
+        for stack, w in zip(prof["samples"], prof["weights"], strict=True):
+            total += w
+            if stack:
+                self_w[stack[-1]] = self_w.get(stack[-1], 0.0) + w
+            for f in set(stack):
+                incl_w[f] = incl_w.get(f, 0.0) + w
+    if not total:
+        return "profile is empty (was the edge busy?)"
+
+    def name(i: int) -> str:
+        f = frames[i]
+        file = str(f.get("file") or "")
+        for marker in ("site-packages/", "lib/python3.", "src/"):
+            if marker in file:
+                file = file.split(marker, 1)[1]
+                break
+        return f"{f['name']} ({file}:{f.get('line')})" if file else str(f["name"])
+
+    out = [f"py-spy: {total:.2f}s of busy samples; top by self time:"]
+    out += [f"  {100 * w / total:5.1f}%  {name(i)}" for i, w in sorted(self_w.items(), key=lambda x: -x[1])[:top]]
+    out.append("top by inclusive time:")
+    incl = [
+        (i, w) for i, w in sorted(incl_w.items(), key=lambda x: -x[1]) if not frames[i]["name"].startswith("process ")
+    ]
+    out += [f"  {100 * w / total:5.1f}%  {name(i)}" for i, w in incl[:top]]
+    out.append(
+        "(self time in the event loop's run() is C code: uvloop, OpenSSL, syscalls; --profile-native splits it; "
+        "'process ...' frames are samples py-spy could not attribute to Python)"
+    )
+    return "\n".join(out)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -988,7 +1034,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma list from {','.join(SCENARIOS)}")
     p.add_argument("--edge-cmd", default=None, help="command that runs tlsedge (default: .venv/bin/tlsedge)")
     p.add_argument("--profile", action="store_true", help="after measuring, py-spy the edge under 1 KiB keep-alive")
-    p.add_argument("--profile-format", choices=("flamegraph", "speedscope", "raw"), default="flamegraph")
+    p.add_argument(
+        "--profile-format",
+        choices=("speedscope", "flamegraph", "raw"),
+        default="speedscope",
+        help="speedscope also prints a top-frames summary; flamegraph writes an SVG",
+    )
     p.add_argument("--profile-rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--profile-native", action="store_true", help="py-spy --native: include C frames (ssl, uvloop)")
     p.add_argument(
@@ -1010,6 +1061,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     edge_cmd = args.edge_cmd.split() if args.edge_cmd else default_edge_cmd()
@@ -1024,8 +1079,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # This script (sampling /proc, sleeping) lives on the load core so the server core only runs the server.
     os.sched_setaffinity(0, {args.load_core})
-    # SIGTERM behaves like Ctrl-C so the finally-blocks stop every process we started.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C and SIGTERM both raise KeyboardInterrupt so the finally-blocks stop every process we started (SIGINT is
+    # installed explicitly because a shell starts background jobs with SIGINT ignored, and Python keeps that).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     cores = [args.server_core, args.load_core]
@@ -1179,6 +1236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"raw numbers: {out.relative_to(REPO)}")
         if profile_path:
             print(f"edge profile: {profile_path.relative_to(REPO)}")
+            if args.profile_format == "speedscope":
+                print(summarize_speedscope(profile_path))
         return 0 if not flagged else 1
     except KeyboardInterrupt:
         print("\ninterrupted; stopping servers", file=sys.stderr)

@@ -47,7 +47,7 @@ def nginx_origin(tmp_path_factory: pytest.TempPathFactory, origin_certs) -> Iter
 @pytest.fixture(scope="session")
 def site_certs(pki) -> dict[str, Any]:
     return {
-        "blog": pki.good(*BLOG_HOSTS),
+        "blog": [pki.good(*BLOG_HOSTS), pki.good(*BLOG_HOSTS, key_type="rsa")],
         "shop": pki.good("shop.example"),
         "dead": pki.good("dead.example"),
         "new": pki.good("new.example"),

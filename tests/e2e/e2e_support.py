@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 TESTS_DIR = Path(__file__).resolve().parent.parent
 LIVE_EDGES: list[Edge] = []
 BLOG_HOSTS = ["blog.example", "*.blog.example"]
@@ -235,11 +237,25 @@ class Edge:
         while True:
             if self.proc.poll() is not None:
                 raise AssertionError(f"edge exited with {self.proc.returncode} at start\n{self.diagnostics()}")
-            if port_accepts(self.https_port) and port_accepts(self.http_port):
+            if port_accepts(self.https_port) and port_accepts(self.http_port) and self._answers():
+                want = int(self.server.get("workers", 1))
+                while len(self.worker_pids()) < want and time.monotonic() < deadline:
+                    time.sleep(0.05)
                 return self
             if time.monotonic() > deadline:
                 raise AssertionError(f"edge did not accept on its ports within {timeout}s\n{self.diagnostics()}")
             time.sleep(0.05)
+
+    def _answers(self) -> bool:
+        """A worker answers on the http port (the listeners may be open before any worker runs). The probe is a
+        malformed request line, so it never reaches an origin."""
+        try:
+            with RawConn(self.http_port, tls=False, timeout=1.0) as c:
+                c.send(b"READY?\r\n\r\n")
+                c._fill()
+                return c.buf.startswith(b"HTTP/1.")
+        except (OSError, AssertionError):
+            return False
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
@@ -643,9 +659,17 @@ class RawConn:
         return self.read_response(method)
 
     @property
-    def peer_cert(self) -> dict[str, Any]:
+    def peer_cert(self) -> x509.Certificate:
+        """The server's leaf certificate (also when not verified)."""
         assert isinstance(self.sock, ssl.SSLSocket)
-        return self.sock.getpeercert() or {}
+        der = self.sock.getpeercert(binary_form=True)
+        assert der, "no peer certificate"
+        return x509.load_der_x509_certificate(der)
+
+    @property
+    def peer_names(self) -> set[str]:
+        san = self.peer_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        return set(san.get_values_for_type(x509.DNSName))
 
 
 def build_request(method: str = "GET", target: str = "/", host: str | None = "blog.example",

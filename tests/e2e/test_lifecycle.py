@@ -78,13 +78,13 @@ def test_reload_adds_site_and_keeps_established_connection(make_edge, py_origin,
 def test_reload_changes_certificate(make_edge, py_origin, site_certs, pki, origin):
     edge = make_edge([_blog(py_origin, site_certs)])
     with edge.conn() as c:
-        serial_before = c.peer_cert["serialNumber"]
+        serial_before = c.peer_cert.serial_number
     fresh = pki.good(*BLOG_HOSTS, key_type="rsa")
     edge.reload([site("blog", BLOG_HOSTS, [py_origin.url], fresh)])
 
     def serial_changed():
         with edge.conn() as c:
-            return c.peer_cert["serialNumber"] != serial_before
+            return c.peer_cert.serial_number != serial_before
 
     wait_for(serial_changed, 10, what="new certificate served")
 

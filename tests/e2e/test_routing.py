@@ -11,7 +11,7 @@ from e2e_support import main_sites, openssl_s_client
 
 
 def _sans(conn) -> set[str]:
-    return {v for k, v in conn.peer_cert.get("subjectAltName", ()) if k == "DNS"}
+    return conn.peer_names
 
 
 def test_sni_exact_name_routes_to_its_site(main_edge, origin):
@@ -162,3 +162,16 @@ def test_alpn_selects_http11(main_edge):
                            request=b"GET / HTTP/1.1\r\nHost: blog.example\r\nConnection: close\r\n\r\n")
     text = out.stdout.decode(errors="replace")
     assert re.search(r"ALPN protocol: http/1\.1", text), text[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("sigalgs", "key_bits"),
+    [("ECDSA+SHA256", 256), ("RSA-PSS+SHA256:RSA+SHA256", 2048)],
+    ids=["ecdsa-client", "rsa-only-client"],
+)
+def test_ecdsa_and_rsa_certificates_client_gets_what_it_supports(main_edge, sigalgs, key_bits):
+    out = openssl_s_client(main_edge.https_port, "blog.example", "-sigalgs", sigalgs, "-CAfile", str(main_edge.ca_pem),
+                           request=b"GET / HTTP/1.1\r\nHost: blog.example\r\nConnection: close\r\n\r\n")
+    text = out.stdout.decode(errors="replace")
+    assert f"Server public key is {key_bits} bit" in text, text[-2500:]
+    assert "Verify return code: 0 (ok)" in text

@@ -19,6 +19,7 @@ from time import monotonic
 import uvloop
 
 from tlsedge.config.schema import Config
+from tlsedge.edge.acceptor import PeekingTlsAcceptor
 from tlsedge.edge.accesslog import AccessLog
 from tlsedge.edge.exchange import Exchange
 from tlsedge.edge.http1 import ClientConnection
@@ -54,6 +55,7 @@ class Edge:
         self._counter = 0
         self.access = AccessLog(config.server.access_log)
         self.idle_event: asyncio.Event | None = None
+        self.acceptors: list[PeekingTlsAcceptor] = []
 
     def next_request_id(self) -> str:
         self._counter += 1
@@ -90,6 +92,8 @@ class Edge:
         for site in self.sites.values():
             for pool in site.pools:
                 pool.sweep(now)
+        for acceptor in self.acceptors:
+            acceptor.sweep(now)
         self.access.flush()
 
 
@@ -97,10 +101,21 @@ async def _serve(config: Config, sockets: list[tuple[socket.socket, bool]], tls:
     loop = asyncio.get_running_loop()
     edge = Edge(config, tls, loop)
     limits = config.server.limits
-    servers = []
+    servers: list[asyncio.Server | PeekingTlsAcceptor] = []
     for sock, is_tls in sockets:
-        if is_tls:
-            assert tls is not None
+        if is_tls and tls.site_for_name(None) is None:
+            # No default site: unknown names must get an unrecognized_name alert, which needs a look first.
+            acceptor = PeekingTlsAcceptor(
+                loop,
+                sock,
+                tls,
+                lambda: ClientConnection(edge, True),
+                limits.handshake_timeout,
+                lambda: not edge.draining and len(edge.clients) < limits.max_connections,
+            )
+            edge.acceptors.append(acceptor)
+            servers.append(acceptor)
+        elif is_tls:
             server = await loop.create_server(
                 lambda: ClientConnection(edge, True),
                 sock=sock,
@@ -109,9 +124,10 @@ async def _serve(config: Config, sockets: list[tuple[socket.socket, bool]], tls:
                 ssl_shutdown_timeout=5.0,
                 backlog=_BACKLOG,
             )
+            servers.append(server)
         else:
             server = await loop.create_server(lambda: ClientConnection(edge, False), sock=sock, backlog=_BACKLOG)
-        servers.append(server)
+            servers.append(server)
 
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

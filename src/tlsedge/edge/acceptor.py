@@ -1,0 +1,127 @@
+"""Accepting TLS connections ourselves, to look at the ClientHello before any TLS work is spent.
+
+uvloop's TLS (like asyncio's) closes the socket on a failed handshake without flushing the alert OpenSSL queued,
+so a client asking for a name no site serves would only see a reset. Peeking (MSG_PEEK leaves the bytes in the
+socket for OpenSSL) lets the edge answer such a client with a real ``unrecognized_name`` alert and never start
+a handshake for it. The same hook is where pass-through routing and accept-time limits belong.
+
+Only listeners that need it use this path; otherwise uvloop's own accept loop (in C) serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+
+from tlsedge.tls.clienthello import NEED_MORE, Invalid, parse_client_hello, unrecognized_name_alert
+from tlsedge.tls.server import TlsTable
+
+log = logging.getLogger("tlsedge.accept")
+
+_ACCEPT_BATCH = 64
+_PEEK_BYTES = 16 * 1024 + 512
+_REPEEK_DELAY = 0.005
+
+
+class PeekingTlsAcceptor:
+    """Accepts on one listening socket, peeks the SNI, then hands the socket to uvloop's TLS transport."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        tls: TlsTable,
+        protocol_factory: Callable[[], asyncio.Protocol],
+        handshake_timeout: float,
+        admit: Callable[[], bool],
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.tls = tls
+        self.protocol_factory = protocol_factory
+        self.handshake_timeout = handshake_timeout
+        self.admit = admit
+        self.waiting: dict[socket.socket, float] = {}  # peeking sockets and their deadlines
+        loop.add_reader(sock.fileno(), self._accept)
+
+    def close(self) -> None:
+        """Stop accepting (the listening socket itself stays open for other workers)."""
+        self.loop.remove_reader(self.sock.fileno())
+        for conn in list(self.waiting):
+            self._drop(conn)
+
+    def sweep(self, now: float) -> None:
+        """Drop connections that did not send a complete ClientHello within the handshake timeout."""
+        for conn in [c for c, deadline in self.waiting.items() if deadline <= now]:
+            self._drop(conn)
+
+    def _accept(self) -> None:
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. EMFILE: keep serving the connections we have
+                log.error("accept failed: %s", exc)
+                return
+            if not self.admit():
+                conn.close()
+                continue
+            conn.setblocking(False)
+            self.waiting[conn] = self.loop.time() + self.handshake_timeout
+            self.loop.add_reader(conn.fileno(), self._peek, conn)
+
+    def _peek(self, conn: socket.socket) -> None:
+        try:
+            data = conn.recv(_PEEK_BYTES, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        if not data:
+            self._drop(conn)
+            return
+        hello = parse_client_hello(data)
+        if hello is NEED_MORE:
+            # Readiness is level-triggered and the peeked bytes stay unread: look again shortly, not at once.
+            self.loop.remove_reader(conn.fileno())
+            self.loop.call_later(_REPEEK_DELAY, self._watch_again, conn)
+            return
+        self.loop.remove_reader(conn.fileno())
+        del self.waiting[conn]
+        if isinstance(hello, Invalid):
+            log.info("closing connection that did not start with a TLS ClientHello: %s", hello.reason)
+            conn.close()
+            return
+        if self.tls.site_for_name(hello.server_name) is None:
+            with contextlib.suppress(OSError):
+                conn.send(unrecognized_name_alert())
+            conn.close()
+            return
+        self.loop.create_task(self._start_tls(conn))
+
+    def _watch_again(self, conn: socket.socket) -> None:
+        if conn in self.waiting:
+            self.loop.add_reader(conn.fileno(), self._peek, conn)
+
+    def _drop(self, conn: socket.socket) -> None:
+        if self.waiting.pop(conn, None) is not None:
+            self.loop.remove_reader(conn.fileno())
+        conn.close()
+
+    async def _start_tls(self, conn: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(
+                self.protocol_factory,
+                conn,
+                ssl=self.tls.context,
+                ssl_handshake_timeout=self.handshake_timeout,
+                ssl_shutdown_timeout=5.0,
+            )
+        except (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError):
+            conn.close()
