@@ -12,6 +12,9 @@ Why this script is shaped the way it is:
 * New-connection cost is measured with our own client (``ssl`` in a few processes) because wrk resumes TLS sessions on
   reconnect (it ``SSL_clear``s and reuses its SSL object); our client offers no session/PSK, and checks per connection
   that the handshake was full (``SSLSocket.session_reused`` is False) and TLS 1.3. The counts are in the table footer.
+  A self-test first asks a logging nginx (``$ssl_session_reused``) what it saw from our client and from wrk.
+* The origin shares the load core, so its CPU per operation and the connections it accepted are reported too: a proxy
+  that handles the upstream worse slows the client, and that should be visible, not silently folded into req/s.
 * Every figure is the median of ``--runs`` runs; servers alternate order from run to run so slow drift does not favour
   one side. Raw numbers go to ``bench/results/*.json``.
 

@@ -21,8 +21,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 
 
 @pytest.fixture(scope="session")
-def py_origin() -> Iterator[PythonOrigin]:
-    origin = PythonOrigin()
+def py_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PythonOrigin]:
+    origin = PythonOrigin(tmp_path_factory.mktemp("py-origin") / "origin.log")
     yield origin
     origin.stop()
 

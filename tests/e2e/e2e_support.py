@@ -343,13 +343,16 @@ class Edge:
 class PythonOrigin:
     """tests/origins.py in a subprocess."""
 
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(TESTS_DIR / "origins.py"), "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    def __init__(self, log_path: Path | None = None) -> None:
+        # stderr goes to a file: a pipe nobody reads would block the origin once full
+        self.log_path = log_path or Path(os.devnull)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(TESTS_DIR / "origins.py"), "--port", "0"],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+            )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()
         if not line.startswith("PORT "):

@@ -80,6 +80,16 @@ def test_close_delimited_response_becomes_chunked_and_connection_stays_open(main
         assert c.request(target="/next").json()["target"] == "/next"
 
 
+def test_http10_client_never_gets_chunked(main_edge, origin):
+    with main_edge.conn() as c:
+        c.send(b"GET /chunked?n=4&size=100 HTTP/1.0\r\nHost: blog.example\r\n\r\n")
+        resp = c.read_response()
+    assert resp.status == 200
+    assert resp.framing in ("length", "close"), resp.raw_head
+    assert resp.complete
+    assert resp.body == b"".join(bytes([97 + i]) * 100 for i in range(4))
+
+
 def test_close_delimited_response_via_curl(main_edge, origin):
     r = main_edge.curl("blog.example", "/close?size=5000")
     assert r.returncode == 0, r.stderr

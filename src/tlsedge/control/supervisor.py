@@ -16,6 +16,7 @@ from pathlib import Path
 from tlsedge.config import ConfigError, load_config
 from tlsedge.config.schema import Config
 from tlsedge.control.listeners import ListenerSet
+from tlsedge.edge.worker import RETIRE_SIGNAL, run_worker
 from tlsedge.tls.server import TlsSetupError, TlsTable, build_tls_table
 from tlsedge.tls.tickets import load_or_create_ticket_keys
 
@@ -85,8 +86,6 @@ class Supervisor:
             code = 1
             try:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-                from tlsedge.edge.worker import run_worker
-
                 code = run_worker(generation.config, generation.sockets, generation.tls)
             finally:
                 logging.shutdown()
@@ -118,7 +117,7 @@ class Supervisor:
         if previous is not None:
             self.old.append(previous)
             for pid in previous.pids:
-                _signal(pid, signal.SIGTERM)
+                _signal(pid, RETIRE_SIGNAL)
         self.listeners.retain_only(config.server.https, config.server.http)
         log.info("reloaded: %d workers, %d sites", len(generation.pids), len(config.sites))
 
@@ -148,6 +147,8 @@ class Supervisor:
         generations = [g for g in [self.current, *self.old] if g is not None]
         pids = {pid for g in generations for pid in g.pids}
         log.info("shutting down: draining %d workers", len(pids))
+        # Close our copies of the listeners so new connections are refused, not left waiting in a backlog.
+        self.listeners.retain_only((), ())
         for pid in pids:
             _signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + self._initial.server.drain_timeout + _KILL_GRACE

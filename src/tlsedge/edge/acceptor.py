@@ -49,8 +49,9 @@ class PeekingTlsAcceptor:
         loop.add_reader(sock.fileno(), self._accept)
 
     def close(self) -> None:
-        """Stop accepting (the listening socket itself stays open for other workers)."""
+        """Stop accepting; closing our copy of the listening socket leaves other processes' copies open."""
         self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
         for conn in list(self.waiting):
             self._drop(conn)
 
@@ -121,7 +122,7 @@ class PeekingTlsAcceptor:
                 conn,
                 ssl=self.tls.context,
                 ssl_handshake_timeout=self.handshake_timeout,
-                ssl_shutdown_timeout=5.0,
+                ssl_shutdown_timeout=1.0,
             )
         except (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError):
             conn.close()

@@ -97,8 +97,9 @@ class ClientConnection(asyncio.Protocol):
             self.tls_site = edge.sites.get(edge.tls.site_of(transport.get_extra_info("ssl_object")))
         proto = b"https" if self.tls else b"http"
         self.forward_tail = b"X-Forwarded-Proto: %s\r\n" % proto
-        self.deadline = edge.loop.time() + edge.limits.keepalive_timeout
-        self.deadline_kind = _IDLE
+        # The first request must arrive within header_timeout: an idle new connection holds a slot for nothing.
+        self.deadline = edge.loop.time() + edge.limits.header_timeout
+        self.deadline_kind = _HEAD
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -186,7 +187,8 @@ class ClientConnection(asyncio.Protocol):
         """Called by the sweeper when the client deadline passed."""
         kind = self.deadline_kind
         self.deadline = 0.0
-        if kind == _IDLE or (self.current is not None and self.current.response_started):
+        idle = self.current is None and self.parsing is None
+        if kind == _IDLE or idle or (self.current is not None and self.current.response_started):
             self._close()
             return
         reason = "request headers timed out" if kind == _HEAD else "request body timed out"
@@ -200,10 +202,18 @@ class ClientConnection(asyncio.Protocol):
         self.flush()
         self._close()
 
-    def drain(self) -> None:
-        """Worker shutdown: close idle keep-alive connections now; busy ones close after their response."""
-        if self.current is None and self.parsing is None:
+    def drain(self, close_idle: bool, deadline: float) -> None:
+        """Stop keeping this connection alive: busy ones close after their response (Connection: close).
+
+        On shutdown idle connections close now. When a reload retires this worker they may still send one more
+        request until `deadline`, so a client that reuses its connection right after a reload is not cut off.
+        """
+        if self.current is not None or self.parsing is not None:
+            return
+        if close_idle:
             self._close()
+        elif self.deadline_kind == _IDLE:
+            self.deadline = min(self.deadline, deadline)
 
     def _close(self) -> None:
         if not self.closed:

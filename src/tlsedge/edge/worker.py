@@ -30,6 +30,10 @@ from tlsedge.tls.server import TlsTable
 log = logging.getLogger("tlsedge.worker")
 
 SWEEP_INTERVAL = 0.5
+# Sent by the control process to the workers of a generation a reload replaced (SIGTERM means shut down).
+RETIRE_SIGNAL = signal.SIGUSR1
+# How long a retired worker keeps an idle keep-alive connection open for one more request.
+RETIRE_IDLE_GRACE = 10.0
 _BACKLOG = 1024
 
 
@@ -121,7 +125,7 @@ async def _serve(config: Config, sockets: list[tuple[socket.socket, bool]], tls:
                 sock=sock,
                 ssl=tls.context,
                 ssl_handshake_timeout=limits.handshake_timeout,
-                ssl_shutdown_timeout=5.0,
+                ssl_shutdown_timeout=1.0,
                 backlog=_BACKLOG,
             )
             servers.append(server)
@@ -130,7 +134,15 @@ async def _serve(config: Config, sockets: list[tuple[socket.socket, bool]], tls:
             servers.append(server)
 
     stop = asyncio.Event()
+    retire = False
+
+    def on_retire() -> None:
+        nonlocal retire
+        retire = True
+        stop.set()
+
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(RETIRE_SIGNAL, on_retire)
     parent = os.getppid()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
@@ -140,17 +152,15 @@ async def _serve(config: Config, sockets: list[tuple[socket.socket, bool]], tls:
             log.error("control process is gone; worker %d drains and exits", os.getpid())
             break
 
-    # Drain: stop accepting, close idle connections, let in-flight exchanges finish within drain_timeout.
+    # Drain: stop accepting and let in-flight exchanges finish within drain_timeout. On shutdown idle connections
+    # close at once; a worker retired by a reload lets them send one more request (answered with Connection: close).
     edge.draining = True
     for server in servers:
         server.close()
-    for client in list(edge.clients):
-        client.drain()
-    for site in edge.sites.values():
-        for pool in site.pools:
-            pool.close_idle()
-    edge.idle_event = asyncio.Event()
     deadline = loop.time() + config.server.drain_timeout
+    for client in list(edge.clients):
+        client.drain(close_idle=not retire, deadline=min(deadline, loop.time() + RETIRE_IDLE_GRACE))
+    edge.idle_event = asyncio.Event()
     while edge.clients and loop.time() < deadline:
         try:
             await asyncio.wait_for(edge.idle_event.wait(), SWEEP_INTERVAL)
@@ -161,6 +171,9 @@ async def _serve(config: Config, sockets: list[tuple[socket.socket, bool]], tls:
                     len(edge.clients))
         for client in list(edge.clients):
             client.transport.abort()
+    for site in edge.sites.values():
+        for pool in site.pools:
+            pool.close_idle()
     edge.access.close()
 
 
