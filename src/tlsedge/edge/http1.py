@@ -78,6 +78,7 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = 0.0
         self.deadline_kind = _IDLE
         self.head_bytes = 0
+        self.head_raw = 0
         self.url = b""
 
     # --- connection lifecycle ------------------------------------------------------------------------------------
@@ -142,16 +143,11 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.parser is None:
             return  # a rejected request: the connection closes once the answer is out
-        if self.deadline_kind == _IDLE:
+        kind = self.deadline_kind
+        if kind == _IDLE:
             self.deadline_kind = _HEAD
             self.deadline = self.edge.loop.time() + self.edge.limits.header_timeout
-        elif self.deadline_kind == _HEAD:
-            self.head_bytes += len(data)
-            if self.head_bytes > self.edge.limits.max_header_bytes + self.edge.limits.max_uri_bytes:
-                self._reject_parse(431, "request head too large")
-                self.flush()
-                return
-        elif self.deadline_kind == _BODY:
+        elif kind == _BODY:
             self.deadline = self.edge.loop.time() + self.edge.limits.body_idle_timeout
         try:
             self.parser.feed_data(data)
@@ -169,6 +165,13 @@ class ClientConnection(asyncio.Protocol):
                 self._reject_parse(cause.status, cause.reason)
             else:
                 self._reject_parse(400, f"malformed request: {exc}")
+        else:
+            if self.deadline_kind == _HEAD and self.parsing is not None:
+                # Still inside a request head: httptools buffers an unfinished header line without limit.
+                self.head_raw += len(data)
+                limits = self.edge.limits
+                if self.head_raw > limits.max_header_bytes + limits.max_uri_bytes:
+                    self._reject_parse(431, "request head too large")
         self.flush()
 
     def flush(self) -> None:
@@ -232,6 +235,7 @@ class ClientConnection(asyncio.Protocol):
         self.parsing = self._new_exchange()
         self.url = b""
         self.head_bytes = 0
+        self.head_raw = 0
         if self.deadline_kind != _HEAD:
             self.deadline_kind = _HEAD
             self.deadline = self.edge.loop.time() + self.edge.limits.header_timeout
