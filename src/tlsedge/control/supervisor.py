@@ -24,6 +24,9 @@ log = logging.getLogger("tlsedge.control")
 
 _SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
 _KILL_GRACE = 5.0
+_RESPAWN_FIRST = 0.1  # seconds before restarting a crashed worker; doubles per crash within _CRASH_WINDOW
+_RESPAWN_MAX = 30.0
+_CRASH_WINDOW = 60.0
 
 
 class Generation:
@@ -46,6 +49,11 @@ class Supervisor:
         self.old: list[Generation] = []
         self.stopping = False
         self._initial = config
+        # Crashed workers are restarted with exponential backoff, so a worker that dies at start cannot spin.
+        self.respawns = 0
+        self.respawn_at = 0.0
+        self.crashes = 0
+        self.last_crash = 0.0
 
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
@@ -58,8 +66,12 @@ class Supervisor:
         log.info("tlsedge started: %d workers, %d sites, pid %d", len(generation.pids), len(config.sites),
                  os.getpid())
         while True:
-            info = signal.sigtimedwait(_SIGNALS, 1.0)
+            wait = 1.0
+            if self.respawns:
+                wait = max(0.0, min(wait, self.respawn_at - time.monotonic()))
+            info = signal.sigtimedwait(_SIGNALS, wait)
             self._reap()
+            self._respawn_due()
             if info is None:
                 continue
             if info.si_signo == signal.SIGHUP:
@@ -137,9 +149,24 @@ class Supervisor:
             if current is not None and pid in current.pids:
                 current.pids.discard(pid)
                 if not self.stopping:
-                    log.error("worker %d exited unexpectedly (status %d); starting a new one", pid, status)
-                    time.sleep(0.1)
-                    self._spawn(current)
+                    self._schedule_respawn(pid, status)
+
+    def _schedule_respawn(self, pid: int, status: int) -> None:
+        now = time.monotonic()
+        if now - self.last_crash > _CRASH_WINDOW:
+            self.crashes = 0
+        self.crashes += 1
+        self.last_crash = now
+        delay = min(_RESPAWN_FIRST * 2 ** (self.crashes - 1), _RESPAWN_MAX)
+        self.respawns += 1
+        self.respawn_at = now + delay
+        log.error("worker %d exited unexpectedly (status %d); starting a new one in %.1f s", pid, status, delay)
+
+    def _respawn_due(self) -> None:
+        if self.respawns and not self.stopping and time.monotonic() >= self.respawn_at and self.current is not None:
+            for _ in range(self.respawns):
+                self._spawn(self.current)
+            self.respawns = 0
 
     def shutdown(self) -> int:
         """Drain every worker (they finish in-flight requests within drain_timeout), then exit."""

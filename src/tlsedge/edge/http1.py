@@ -22,8 +22,6 @@ from tlsedge.edge.headers import (
     HOP_BY_HOP,
     VIA_TOKEN,
     connection_tokens,
-    is_valid_host,
-    split_host_port,
     status_line,
 )
 from tlsedge.upstream.connection import OriginConnection
@@ -45,6 +43,7 @@ _PENDING_HIGH_WATER = 256 * 1024
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 _NO_BODY_STATUS = frozenset({204, 304})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_VIA_LINE = b"Via: " + VIA_TOKEN + b"\r\n"
 
 
 class Rejected(Exception):
@@ -68,6 +67,7 @@ class ClientConnection(asyncio.Protocol):
         self.tls_site: SiteRuntime | None = None
         self.trusted = False
         self.forward_tail = b""
+        self.xff_line = b""
         self.out: list[bytes] = []
         self.current: Exchange | None = None
         self.parsing: Exchange | None = None
@@ -98,6 +98,7 @@ class ClientConnection(asyncio.Protocol):
             self.tls_site = edge.sites.get(edge.tls.site_of(transport.get_extra_info("ssl_object")))
         proto = b"https" if self.tls else b"http"
         self.forward_tail = b"X-Forwarded-Proto: %s\r\n" % proto
+        self.xff_line = b"X-Forwarded-For: %s\r\n" % self.client_ip.encode()
         # The first request must arrive within header_timeout: an idle new connection holds a slot for nothing.
         self.deadline = edge.loop.time() + edge.limits.header_timeout
         self.deadline_kind = _HEAD
@@ -416,10 +417,10 @@ class ClientConnection(asyncio.Protocol):
         # Route: the site of the negotiated certificate must also own the Host (no domain fronting).
         edge = self.edge
         if host is not None:
-            host_name = split_host_port(host)
-            if not is_valid_host(host_name):
+            routed = edge.router.route(host)
+            if routed is None:
                 raise Rejected(400, "invalid Host header")
-            site = edge.router.lookup(host_name)
+            host_name, site = routed
         else:
             host_name = b""
             site = None
@@ -452,11 +453,9 @@ class ClientConnection(asyncio.Protocol):
             ex.redirect = True
             return
 
-        via_line = b"Via: %s, %s\r\n" % (via, VIA_TOKEN) if via is not None else b"Via: " + VIA_TOKEN + b"\r\n"
+        via_line = b"Via: %s, %s\r\n" % (via, VIA_TOKEN) if via is not None else _VIA_LINE
         xff_line = (
-            b"X-Forwarded-For: %s, %s\r\n" % (xff, self.client_ip.encode())
-            if xff is not None
-            else b"X-Forwarded-For: %s\r\n" % self.client_ip.encode()
+            b"X-Forwarded-For: %s, %s\r\n" % (xff, self.client_ip.encode()) if xff is not None else self.xff_line
         )
         if host is None:
             host_line = b"Host: %s\r\n" % site.config.hosts[0].encode()
