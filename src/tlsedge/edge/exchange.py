@@ -22,7 +22,6 @@ class Exchange:
         "bytes_out",
         "chunked_upload",
         "client_ip",
-        "connecting",
         "error",
         "expect_continue",
         "finished",
@@ -41,9 +40,7 @@ class Exchange:
         "redirect",
         "reject",
         "replay",
-        "replay_pending",
         "request_id",
-        "response_body",
         "response_chunked",
         "response_started",
         "reused",
@@ -78,15 +75,12 @@ class Exchange:
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         self.replay: bytes | None = None
-        self.replay_pending = False
         self.pool: OriginPool | None = None
         self.origin: OriginConnection | None = None
-        self.connecting = False
         self.attempts = 0
         self.reused = False
         self.status = 0
         self.response_started = False
-        self.response_body = True
         self.response_chunked = False
         self.origin_eof_ends_body = False
         self.answered = False

@@ -39,9 +39,17 @@ def status_line(status: int) -> bytes:
     return line
 
 
+# Fields a Connection header may not make hop-by-hop: dropping them would change the message's framing or target.
+_NEVER_DROPPED = frozenset({b"close", b"keep-alive", b"content-length", b"host", b"transfer-encoding"})
+
+
 def connection_tokens(value: bytes) -> set[bytes]:
-    """Lower-cased option names listed in a Connection header (RFC 9110 section 7.6.1)."""
-    return {token.strip().lower() for token in value.split(b",") if token.strip()}
+    """Header names a Connection header declares hop-by-hop (RFC 9110 section 7.6.1), minus those we keep.
+
+    ``Connection: content-length`` or ``Connection: host`` would otherwise let a client or an origin remove the
+    framing or the routing of the message on the next hop: a request smuggling shape.
+    """
+    return {token.strip().lower() for token in value.split(b",") if token.strip()} - _NEVER_DROPPED
 
 
 def split_host_port(host: bytes) -> bytes:

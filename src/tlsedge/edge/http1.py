@@ -370,8 +370,6 @@ class ClientConnection(asyncio.Protocol):
                     chunked = True
                 elif lname == b"connection":
                     tokens = connection_tokens(value)
-                    tokens.discard(b"close")
-                    tokens.discard(b"keep-alive")
                     if tokens:
                         conn_tokens = tokens if conn_tokens is None else conn_tokens | tokens
                 continue
@@ -492,23 +490,21 @@ class ClientConnection(asyncio.Protocol):
             self.out.append(redirect_response(location, close=not ex.keep_alive, head_only=ex.method == b"HEAD"))
             self._finish(ex)
             return
-        if ex.expect_continue and ex.has_body:
+        if ex.expect_continue and ex.has_body and not ex.http10:  # RFC 9110 10.1.1: never to HTTP/1.0
             self.out.append(_CONTINUE)
         self._forward(ex, ex.site.pick_pool())
 
-    def _forward(self, ex: Exchange, pool: OriginPool) -> None:
+    def _forward(self, ex: Exchange, pool: OriginPool, fresh: bool = False) -> None:
         ex.pool = pool
         ex.attempts += 1
-        conn = pool.acquire()
+        conn = None if fresh else pool.acquire()
         if conn is not None:
             self._send(ex, conn)
             return
-        ex.connecting = True
         task = self.edge.loop.create_task(pool.connect())
         task.add_done_callback(lambda t: self._connected(ex, pool, t))
 
     def _connected(self, ex: Exchange, pool: OriginPool, task: asyncio.Task) -> None:
-        ex.connecting = False
         exc = task.exception() if not task.cancelled() else asyncio.CancelledError()
         if exc is None:
             conn = task.result()
@@ -574,9 +570,8 @@ class ClientConnection(asyncio.Protocol):
             if lname in HOP_BY_HOP:
                 if lname == b"connection":
                     tokens = connection_tokens(value)
-                    tokens.discard(b"close")
-                    tokens.discard(b"keep-alive")
-                    conn_tokens = tokens or conn_tokens
+                    if tokens:
+                        conn_tokens = tokens if conn_tokens is None else conn_tokens | tokens
                 elif lname == b"transfer-encoding":
                     chunked = value.rstrip().lower().endswith(b"chunked")
                 continue
@@ -591,9 +586,8 @@ class ClientConnection(asyncio.Protocol):
         tail: list[bytes] = []
         if self.tls and ex.site.https_response_head:
             tail.append(ex.site.https_response_head)
-        if ex.method == b"HEAD" or status in _NO_BODY_STATUS:
-            ex.response_body = False
-        elif chunked or not has_length:
+        has_body = ex.method != b"HEAD" and status not in _NO_BODY_STATUS
+        if has_body and (chunked or not has_length):
             # Chunked or close-delimited from the origin: re-chunk for HTTP/1.1 clients, close-delimit for 1.0.
             ex.origin_eof_ends_body = not chunked
             if ex.http10:
@@ -638,8 +632,8 @@ class ClientConnection(asyncio.Protocol):
             if ex.reused and not conn.got_bytes and ex.replay is not None and ex.method in _IDEMPOTENT:
                 # A pooled connection the origin had already closed: resend on a fresh connection.
                 ex.attempts -= 1
-                ex.replay_pending = True
-                self._retry_fresh(ex)
+                ex.head = ex.replay
+                self._forward(ex, ex.pool, fresh=True)
                 return
             self._answer(ex, 502, f"origin {ex.pool.label}: {reason}", close=True)
         elif ex.origin_eof_ends_body:
@@ -653,25 +647,6 @@ class ClientConnection(asyncio.Protocol):
             log.error("site %s: %s (request id %s)", ex.site.name, ex.error, ex.request_id)
             ex.keep_alive = False
             self._finish(ex)
-
-    def _retry_fresh(self, ex: Exchange) -> None:
-        pool = ex.pool
-        ex.attempts += 1
-        ex.connecting = True
-        task = self.edge.loop.create_task(pool.connect())
-
-        def done(t: asyncio.Task) -> None:
-            if not t.cancelled() and t.exception() is None and not self.closed and not ex.finished:
-                conn = t.result()
-                ex.connecting = False
-                ex.origin = conn
-                ex.reused = False
-                ex.t_upstream = monotonic()
-                conn.send(self, ex.replay, head_request=ex.method == b"HEAD", now=self.edge.loop.time())
-                return
-            self._connected(ex, pool, t)
-
-        task.add_done_callback(done)
 
     def origin_timeout(self, conn: OriginConnection) -> None:
         ex = self.current
