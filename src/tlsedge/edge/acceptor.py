@@ -1,4 +1,9 @@
-"""Accepting TLS connections ourselves, to look at the ClientHello before any TLS work is spent.
+"""Accepting connections: uvloop's own accept loop, or ours when the ClientHello must be seen first.
+
+Both kinds can stop and resume accepting, so a worker at `max_connections` leaves new connections to workers that
+have room (as nginx does) instead of accepting and closing them.
+
+Accepting TLS connections ourselves lets the edge look at the ClientHello before any TLS work is spent.
 
 uvloop's TLS (like asyncio's) closes the socket on a failed handshake without flushing the alert OpenSSL queued,
 so a client asking for a name no site serves would only see a reset. Peeking (MSG_PEEK leaves the bytes in the
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Callable
@@ -46,11 +52,22 @@ class PeekingTlsAcceptor:
         self.handshake_timeout = handshake_timeout
         self.admit = admit
         self.waiting: dict[socket.socket, float] = {}  # peeking sockets and their deadlines
-        loop.add_reader(sock.fileno(), self._accept)
+        self.accepting = False
+        self.resume()
+
+    def pause(self) -> None:
+        if self.accepting:
+            self.accepting = False
+            self.loop.remove_reader(self.sock.fileno())
+
+    def resume(self) -> None:
+        if not self.accepting and self.sock.fileno() >= 0:
+            self.accepting = True
+            self.loop.add_reader(self.sock.fileno(), self._accept)
 
     def close(self) -> None:
         """Stop accepting; closing our copy of the listening socket leaves other processes' copies open."""
-        self.loop.remove_reader(self.sock.fileno())
+        self.pause()
         self.sock.close()
         for conn in list(self.waiting):
             self._drop(conn)
@@ -126,3 +143,52 @@ class PeekingTlsAcceptor:
             )
         except (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError):
             conn.close()
+
+
+class UvloopListener:
+    """A listening socket served by uvloop's accept loop (in C); paused by closing the server on a duplicate fd."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol_factory: Callable[[], asyncio.Protocol],
+        **server_options: object,
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.protocol_factory = protocol_factory
+        self.server_options = server_options
+        self.server: asyncio.Server | None = None
+        self.starting = False
+        self.closed = False
+
+    async def start(self) -> None:
+        """Serve a duplicate of the socket: closing the server closes only the duplicate, so it can be resumed."""
+        self.starting = True
+        try:
+            duplicate = socket.socket(fileno=os.dup(self.sock.fileno()))
+            server = await self.loop.create_server(self.protocol_factory, sock=duplicate, **self.server_options)
+        finally:
+            self.starting = False
+        if self.closed:
+            server.close()
+        else:
+            self.server = server
+
+    def pause(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+    def resume(self) -> None:
+        if self.server is None and not self.starting and not self.closed:
+            self.loop.create_task(self.start())
+
+    def close(self) -> None:
+        self.closed = True
+        self.pause()
+        self.sock.close()
+
+    def sweep(self, now: float) -> None:
+        """Nothing waits here: uvloop enforces the handshake timeout itself."""

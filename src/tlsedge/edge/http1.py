@@ -91,6 +91,7 @@ class ClientConnection(asyncio.Protocol):
             self.closed = True
             return
         edge.clients.add(self)
+        edge.connection_opened()
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "-"
         self.trusted = edge.is_trusted(self.client_ip)

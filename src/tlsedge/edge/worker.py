@@ -19,7 +19,7 @@ from time import monotonic
 import uvloop
 
 from tlsedge.config.schema import Config
-from tlsedge.edge.acceptor import PeekingTlsAcceptor
+from tlsedge.edge.acceptor import PeekingTlsAcceptor, UvloopListener
 from tlsedge.edge.accesslog import AccessLog
 from tlsedge.edge.exchange import Exchange
 from tlsedge.edge.http1 import ClientConnection
@@ -59,7 +59,8 @@ class Edge:
         self._counter = 0
         self.access = AccessLog(config.server.access_log)
         self.idle_event: asyncio.Event | None = None
-        self.acceptors: list[PeekingTlsAcceptor] = []
+        self.listeners: list[PeekingTlsAcceptor | UvloopListener] = []
+        self.full = False
 
     def next_request_id(self) -> str:
         self._counter += 1
@@ -84,7 +85,18 @@ class Edge:
         if self.access.enabled:
             self.access.write(ex, monotonic())
 
+    def connection_opened(self) -> None:
+        """At max_connections this worker stops accepting, leaving new connections to workers with room."""
+        if len(self.clients) >= self.limits.max_connections and not self.full:
+            self.full = True
+            for listener in self.listeners:
+                listener.pause()
+
     def connection_closed(self) -> None:
+        if self.full and not self.draining and len(self.clients) < self.limits.max_connections:
+            self.full = False
+            for listener in self.listeners:
+                listener.resume()
         if self.draining and not self.clients and self.idle_event is not None:
             self.idle_event.set()
 
@@ -96,8 +108,8 @@ class Edge:
         for site in self.sites.values():
             for pool in site.pools:
                 pool.sweep(now)
-        for acceptor in self.acceptors:
-            acceptor.sweep(now)
+        for listener in self.listeners:
+            listener.sweep(now)
         self.access.flush()
 
 
@@ -105,11 +117,11 @@ async def _serve(config: Config, sockets: list[tuple[socket.socket, bool]], tls:
     loop = asyncio.get_running_loop()
     edge = Edge(config, tls, loop)
     limits = config.server.limits
-    servers: list[asyncio.Server | PeekingTlsAcceptor] = []
     for sock, is_tls in sockets:
+        listener: PeekingTlsAcceptor | UvloopListener
         if is_tls and tls.site_for_name(None) is None:
             # No default site: unknown names must get an unrecognized_name alert, which needs a look first.
-            acceptor = PeekingTlsAcceptor(
+            listener = PeekingTlsAcceptor(
                 loop,
                 sock,
                 tls,
@@ -117,21 +129,21 @@ async def _serve(config: Config, sockets: list[tuple[socket.socket, bool]], tls:
                 limits.handshake_timeout,
                 lambda: not edge.draining and len(edge.clients) < limits.max_connections,
             )
-            edge.acceptors.append(acceptor)
-            servers.append(acceptor)
         elif is_tls:
-            server = await loop.create_server(
+            listener = UvloopListener(
+                loop,
+                sock,
                 lambda: ClientConnection(edge, True),
-                sock=sock,
                 ssl=tls.context,
                 ssl_handshake_timeout=limits.handshake_timeout,
                 ssl_shutdown_timeout=1.0,
                 backlog=_BACKLOG,
             )
-            servers.append(server)
+            await listener.start()
         else:
-            server = await loop.create_server(lambda: ClientConnection(edge, False), sock=sock, backlog=_BACKLOG)
-            servers.append(server)
+            listener = UvloopListener(loop, sock, lambda: ClientConnection(edge, False), backlog=_BACKLOG)
+            await listener.start()
+        edge.listeners.append(listener)
 
     stop = asyncio.Event()
     retire = False
@@ -155,8 +167,8 @@ async def _serve(config: Config, sockets: list[tuple[socket.socket, bool]], tls:
     # Drain: stop accepting and let in-flight exchanges finish within drain_timeout. On shutdown idle connections
     # close at once; a worker retired by a reload lets them send one more request (answered with Connection: close).
     edge.draining = True
-    for server in servers:
-        server.close()
+    for listener in edge.listeners:
+        listener.close()
     deadline = loop.time() + config.server.drain_timeout
     for client in list(edge.clients):
         client.drain(close_idle=not retire, deadline=min(deadline, loop.time() + RETIRE_IDLE_GRACE))
