@@ -354,6 +354,7 @@ _LIMITS: dict[str, Callable[[_Table, str], Any]] = {
     "header_timeout": _Table.duration,
     "body_idle_timeout": _Table.duration,
     "keepalive_timeout": _Table.duration,
+    "send_timeout": _Table.duration,
     "handshake_timeout": _Table.duration,
     "max_connections": lambda t, k: t.integer(k, 1),
 }

@@ -36,6 +36,7 @@ class Limits:
     header_timeout: float = 10.0  # from connection/keep-alive start to end of headers; -> 408
     body_idle_timeout: float = 30.0  # max silence while receiving a request body; -> 408
     keepalive_timeout: float = 60.0  # idle keep-alive connection is closed after this
+    send_timeout: float = 60.0  # max time a client may leave a response unread (its window full); then closed
     handshake_timeout: float = 10.0  # TLS handshake must finish within this
     max_connections: int = 10_000  # per worker; further connections are closed at accept
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tlsedge.edge")
 
 # Why the client connection's deadline is set.
-_IDLE, _HEAD, _BODY, _WAIT = 0, 1, 2, 3
+_IDLE, _HEAD, _BODY, _WAIT, _SEND = 0, 1, 2, 3, 4
 # Reasons reading from the client is paused; reading resumes when none is left.
 _PAUSE_QUEUE, _PAUSE_PENDING, _PAUSE_ORIGIN = 1, 2, 4
 
@@ -74,6 +74,7 @@ class ClientConnection(asyncio.Protocol):
         self.queue: deque[Exchange] = deque()
         self.paused = 0
         self.write_paused = False
+        self.kind_before_send = _IDLE
         self.closed = False
         self.deadline = 0.0
         self.deadline_kind = _IDLE
@@ -120,16 +121,27 @@ class ClientConnection(asyncio.Protocol):
         self.edge.connection_closed()
 
     def pause_writing(self) -> None:
+        """The client does not read fast enough: pause the origin, and time the client instead of the origin."""
         self.write_paused = True
         ex = self.current
         if ex is not None and ex.origin is not None:
             ex.origin.transport.pause_reading()
+            ex.origin.deadline = 0.0
+        self.kind_before_send = self.deadline_kind
+        self.deadline_kind = _SEND
+        self.deadline = self.edge.loop.time() + self.edge.limits.send_timeout
 
     def resume_writing(self) -> None:
         self.write_paused = False
         ex = self.current
         if ex is not None and ex.origin is not None and not ex.origin.closed:
             ex.origin.transport.resume_reading()
+            ex.origin.deadline = self.edge.loop.time() + ex.pool.timeouts.read_timeout
+        if self.deadline_kind == _SEND:
+            kind = self.deadline_kind = self.kind_before_send
+            limits = self.edge.limits
+            timeout = {_IDLE: limits.keepalive_timeout, _HEAD: limits.header_timeout, _BODY: limits.body_idle_timeout}
+            self.deadline = self.edge.loop.time() + timeout[kind] if kind in timeout else 0.0
 
     def _pause(self, reason: int) -> None:
         if not self.paused and not self.closed:
@@ -192,6 +204,12 @@ class ClientConnection(asyncio.Protocol):
         """Called by the sweeper when the client deadline passed."""
         kind = self.deadline_kind
         self.deadline = 0.0
+        if kind == _SEND:
+            if self.current is not None:
+                self.current.error = "client left the response unread for send_timeout"
+            self.closed = True
+            self.transport.abort()
+            return
         idle = self.current is None and self.parsing is None
         if kind == _IDLE or idle or (self.current is not None and self.current.response_started):
             self._close()
@@ -386,6 +404,8 @@ class ClientConnection(asyncio.Protocol):
                 if lname == b"x-forwarded-for":
                     xff = value if xff is None else xff + b", " + value
                     continue
+            elif b"_" in lname and lname.replace(b"_", b"-") in FORWARDING:
+                continue  # X_Forwarded_For reads as X-Forwarded-For in CGI/WSGI/PHP origins: never pass it
             append(name)
             append(b": ")
             append(value)
