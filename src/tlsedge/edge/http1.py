@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections import deque
 from time import monotonic
 from typing import TYPE_CHECKING
@@ -541,7 +542,7 @@ class ClientConnection(asyncio.Protocol):
                          extra=b"Retry-After: 1\r\n")
         elif isinstance(exc, TimeoutError):
             self._failover(ex, pool, 504, f"connecting to origin {pool.label} timed out")
-        elif isinstance(exc, OSError) and _is_tls_failure(exc):
+        elif isinstance(exc, ssl.SSLError | ssl.CertificateError):
             self._failover(ex, pool, 502, f"TLS to origin {pool.label} failed: {describe_tls_failure(exc)}")
         elif isinstance(exc, OSError):
             self._failover(ex, pool, 502, f"origin {pool.label} unreachable: {exc.strerror or exc}")
@@ -748,12 +749,6 @@ class ClientConnection(asyncio.Protocol):
 
     def _log(self, ex: Exchange) -> None:
         self.edge.log_exchange(ex)
-
-
-def _is_tls_failure(exc: BaseException) -> bool:
-    import ssl
-
-    return isinstance(exc, ssl.SSLError | ssl.CertificateError)
 
 
 def _has(headers: list[tuple[bytes, bytes]], lname: bytes) -> bool:
