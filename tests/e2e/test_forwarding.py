@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from e2e_support import site
+
 HOP_BY_HOP = ("keep-alive", "proxy-connection", "te", "trailer", "upgrade", "transfer-encoding")
 
 
@@ -114,3 +116,17 @@ def test_response_hop_by_hop_headers_removed(main_edge, origin):
         assert resp.header("x-kept") == "yes"
         # the origin's "Connection: X-Custom-Hop" does not close the client connection
         assert c.request(target="/after").json()["target"] == "/after"
+
+
+def test_request_without_host_gets_a_real_name_even_when_the_site_lists_a_wildcard_first(
+    make_edge, py_origin, pki, origin
+):
+    hosts = ["*.blog.example", "blog.example"]
+    edge = make_edge([site("blog", hosts, [py_origin.url], pki.good(*hosts))])
+    with edge.conn() as c:
+        c.send(b"GET /nohost HTTP/1.0\r\n\r\n")
+        resp = c.read_response()
+    assert resp.status == 200
+    h = _headers(resp.json())
+    assert h["host"] == ["blog.example"]
+    assert h["x-forwarded-host"] == ["blog.example"]

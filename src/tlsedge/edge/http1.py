@@ -30,6 +30,7 @@ from tlsedge.upstream.pool import OriginPool, PoolFull
 from tlsedge.upstream.tls import describe_tls_failure
 
 if TYPE_CHECKING:
+    from tlsedge.config.schema import Limits
     from tlsedge.edge.worker import Edge
     from tlsedge.pipeline.site import SiteRuntime
 
@@ -45,6 +46,11 @@ _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE
 _NO_BODY_STATUS = frozenset({204, 304})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _VIA_LINE = b"Via: " + VIA_TOKEN + b"\r\n"
+
+
+def deadline_timeouts(limits: Limits) -> tuple[float, ...]:
+    """The timeout of each deadline kind, indexed by _IDLE, _HEAD, _BODY, _WAIT (none: the origin works), _SEND."""
+    return (limits.keepalive_timeout, limits.header_timeout, limits.body_idle_timeout, 0.0, limits.send_timeout)
 
 
 class Rejected(Exception):
@@ -67,7 +73,7 @@ class ClientConnection(asyncio.Protocol):
         self.client_ip = "-"
         self.tls_site: SiteRuntime | None = None
         self.trusted = False
-        self.forward_tail = b""
+        self.xfp_line = b""
         self.xff_line = b""
         self.out: list[bytes] = []
         self.current: Exchange | None = None
@@ -100,11 +106,10 @@ class ClientConnection(asyncio.Protocol):
         if self.tls:
             self.tls_site = edge.sites.get(edge.tls.site_of(transport.get_extra_info("ssl_object")))
         proto = b"https" if self.tls else b"http"
-        self.forward_tail = b"X-Forwarded-Proto: %s\r\n" % proto
+        self.xfp_line = b"X-Forwarded-Proto: %s\r\n" % proto
         self.xff_line = b"X-Forwarded-For: %s\r\n" % self.client_ip.encode()
         # The first request must arrive within header_timeout: an idle new connection holds a slot for nothing.
-        self.deadline = edge.loop.time() + edge.limits.header_timeout
-        self.deadline_kind = _HEAD
+        self._arm(_HEAD)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -129,8 +134,7 @@ class ClientConnection(asyncio.Protocol):
             ex.origin.transport.pause_reading()
             ex.origin.deadline = 0.0
         self.kind_before_send = self.deadline_kind
-        self.deadline_kind = _SEND
-        self.deadline = self.edge.loop.time() + self.edge.limits.send_timeout
+        self._arm(_SEND)
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -139,10 +143,13 @@ class ClientConnection(asyncio.Protocol):
             ex.origin.transport.resume_reading()
             ex.origin.deadline = self.edge.loop.time() + ex.pool.timeouts.read_timeout
         if self.deadline_kind == _SEND:
-            kind = self.deadline_kind = self.kind_before_send
-            limits = self.edge.limits
-            timeout = {_IDLE: limits.keepalive_timeout, _HEAD: limits.header_timeout, _BODY: limits.body_idle_timeout}
-            self.deadline = self.edge.loop.time() + timeout[kind] if kind in timeout else 0.0
+            self._arm(self.kind_before_send)
+
+    def _arm(self, kind: int) -> None:
+        """Set the connection's deadline for what it is waiting for now (no deadline while the origin works)."""
+        self.deadline_kind = kind
+        timeout = self.edge.deadline_timeouts[kind]
+        self.deadline = self.edge.loop.time() + timeout if timeout else 0.0
 
     def _pause(self, reason: int) -> None:
         if not self.paused and not self.closed:
@@ -160,10 +167,9 @@ class ClientConnection(asyncio.Protocol):
             return  # a rejected request: the connection closes once the answer is out
         kind = self.deadline_kind
         if kind == _IDLE:
-            self.deadline_kind = _HEAD
-            self.deadline = self.edge.loop.time() + self.edge.limits.header_timeout
+            self._arm(_HEAD)
         elif kind == _BODY:
-            self.deadline = self.edge.loop.time() + self.edge.limits.body_idle_timeout
+            self._arm(_BODY)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -258,8 +264,7 @@ class ClientConnection(asyncio.Protocol):
         self.head_bytes = 0
         self.head_raw = 0
         if self.deadline_kind != _HEAD:
-            self.deadline_kind = _HEAD
-            self.deadline = self.edge.loop.time() + self.edge.limits.header_timeout
+            self._arm(_HEAD)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -288,12 +293,7 @@ class ClientConnection(asyncio.Protocol):
         if version != "1.1" and not ex.http10:
             raise Rejected(505 if version.startswith(("2", "3")) else 400, f"unsupported HTTP version {version}")
         self._prepare(ex)
-        if ex.has_body:
-            self.deadline_kind = _BODY
-            self.deadline = self.edge.loop.time() + self.edge.limits.body_idle_timeout
-        else:
-            self.deadline_kind = _WAIT
-            self.deadline = 0.0
+        self._arm(_BODY if ex.has_body else _WAIT)
         if self.current is None:
             self.current = ex
             self._start(ex)
@@ -324,8 +324,7 @@ class ClientConnection(asyncio.Protocol):
         self.parsing = None
         ex.body_done = True
         if self.deadline_kind == _BODY:
-            self.deadline_kind = _WAIT
-            self.deadline = 0.0
+            self._arm(_WAIT)
         if ex.chunked_upload and not ex.answered:
             if ex.origin is not None:
                 ex.origin.write(b"0\r\n\r\n")
@@ -371,6 +370,7 @@ class ClientConnection(asyncio.Protocol):
         chunked = False
         via: bytes | None = None
         xff: bytes | None = None
+        kept_forwarding: set[bytes] = set()
         conn_tokens: set[bytes] | None = None
         forward: list[bytes] = []
         append = forward.append
@@ -405,6 +405,7 @@ class ClientConnection(asyncio.Protocol):
                 if lname == b"x-forwarded-for":
                     xff = value if xff is None else xff + b", " + value
                     continue
+                kept_forwarding.add(lname)
             elif b"_" in lname and lname.replace(b"_", b"-") in FORWARDING:
                 continue  # X_Forwarded_For reads as X-Forwarded-For in CGI/WSGI/PHP origins: never pass it
             append(name)
@@ -478,12 +479,10 @@ class ClientConnection(asyncio.Protocol):
             b"X-Forwarded-For: %s, %s\r\n" % (xff, self.client_ip.encode()) if xff is not None else self.xff_line
         )
         if host is None:
-            host_line = b"Host: %s\r\n" % site.config.hosts[0].encode()
-            forward.append(host_line)
-        fwd_host = b"" if trusted and _has(ex.headers, b"x-forwarded-host") else b"X-Forwarded-Host: %s\r\n" % (
-            host if host is not None else site.config.hosts[0].encode()
-        )
-        fwd_proto = b"" if trusted and _has(ex.headers, b"x-forwarded-proto") else self.forward_tail
+            host = site.default_host
+            forward.append(b"Host: %s\r\n" % host)
+        fwd_host = b"" if b"x-forwarded-host" in kept_forwarding else b"X-Forwarded-Host: %s\r\n" % host
+        fwd_proto = b"" if b"x-forwarded-proto" in kept_forwarding else self.xfp_line
         ex.head = b"".join(
             (
                 ex.method,
@@ -552,7 +551,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _failover(self, ex: Exchange, pool: OriginPool, status: int, reason: str) -> None:
         """Nothing was sent yet, so another origin server may take the request."""
-        log.error("site %s: %s (request id %s)", ex.site.name, reason, ex.request_id)
+        _log_failure(ex, reason)
         if ex.attempts < len(ex.site.pools):
             self._forward(ex, ex.site.pool_after(pool))
         else:
@@ -666,7 +665,7 @@ class ClientConnection(asyncio.Protocol):
         else:
             # Never let a truncated response look complete: close the client connection without a last chunk.
             ex.error = f"origin {ex.pool.label}: {reason} mid-response"
-            log.error("site %s: %s (request id %s)", ex.site.name, ex.error, ex.request_id)
+            _log_failure(ex, ex.error)
             ex.keep_alive = False
             self._finish(ex)
 
@@ -678,7 +677,7 @@ class ClientConnection(asyncio.Protocol):
         ex.origin = None
         if ex.response_started:
             ex.error = f"origin {ex.pool.label} stopped sending the response body (read_timeout)"
-            log.error("site %s: %s (request id %s)", ex.site.name, ex.error, ex.request_id)
+            _log_failure(ex, ex.error)
             ex.keep_alive = False
             self._finish(ex)
         else:
@@ -698,7 +697,7 @@ class ClientConnection(asyncio.Protocol):
         ex.status = status
         ex.error = reason
         if status >= 500 and not logged:
-            log.error("site %s: %s (request id %s)", ex.site.name if ex.site else "-", reason, ex.request_id)
+            _log_failure(ex, reason)
         if close:
             ex.keep_alive = False
         if ex.response_started:
@@ -744,15 +743,15 @@ class ClientConnection(asyncio.Protocol):
             return
         self._resume(_PAUSE_QUEUE)
         if self.parsing is None:
-            self.deadline_kind = _IDLE
-            self.deadline = self.edge.loop.time() + self.edge.limits.keepalive_timeout
+            self._arm(_IDLE)
 
     def _log(self, ex: Exchange) -> None:
         self.edge.log_exchange(ex)
 
 
-def _has(headers: list[tuple[bytes, bytes]], lname: bytes) -> bool:
-    return any(name.lower() == lname for name, _ in headers)
+def _log_failure(ex: Exchange, reason: str) -> None:
+    """The error-log line of a server-side failure: site, reason and the request id the client was shown."""
+    log.error("site %s: %s (request id %s)", ex.site.name if ex.site else "-", reason, ex.request_id)
 
 
 def _drop_named(block: list[bytes], names: set[bytes]) -> list[bytes]:
@@ -767,11 +766,4 @@ def _drop_named(block: list[bytes], names: set[bytes]) -> list[bytes]:
 
 def _replace_host(forward: list[bytes], authority: bytes) -> list[bytes]:
     """Replace the Host line(s) in a filtered header block by the authority of an absolute-form target."""
-    out: list[bytes] = []
-    it = iter(forward)
-    for name, sep, value, crlf in zip(it, it, it, it, strict=False):
-        if name.lower() == b"host":
-            continue
-        out.extend((name, sep, value, crlf))
-    out.extend((b"Host", b": ", authority, b"\r\n"))
-    return out
+    return [*_drop_named(forward, {b"host"}), b"Host", b": ", authority, b"\r\n"]

@@ -22,7 +22,7 @@ from tlsedge.config.schema import Config
 from tlsedge.edge.acceptor import PeekingTlsAcceptor, UvloopListener
 from tlsedge.edge.accesslog import AccessLog
 from tlsedge.edge.exchange import Exchange
-from tlsedge.edge.http1 import ClientConnection
+from tlsedge.edge.http1 import ClientConnection, deadline_timeouts
 from tlsedge.pipeline.router import HostRouter
 from tlsedge.pipeline.site import SiteRuntime
 from tlsedge.tls.server import TlsTable
@@ -44,6 +44,7 @@ class Edge:
         self.config = config
         self.loop = loop
         self.limits = config.server.limits
+        self.deadline_timeouts = deadline_timeouts(self.limits)
         self.tls = tls
         self.sites = {site.name: SiteRuntime(site, loop) for site in config.sites}
         default = self.sites.get(config.server.default_site) if config.server.default_site else None

@@ -16,7 +16,17 @@ from tlsedge.upstream.tls import origin_server_name, origin_ssl_context
 class SiteRuntime:
     """Per-worker runtime of one site: origin pools and prepared response fragments."""
 
-    __slots__ = ("_next", "config", "has_tls", "https_response_head", "max_body_size", "name", "pools", "redirect_http")
+    __slots__ = (
+        "_next",
+        "config",
+        "default_host",
+        "has_tls",
+        "https_response_head",
+        "max_body_size",
+        "name",
+        "pools",
+        "redirect_http",
+    )
 
     def __init__(self, config: SiteConfig, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
@@ -24,6 +34,9 @@ class SiteRuntime:
         self.has_tls = bool(config.certificates)
         self.redirect_http = config.redirect_http and self.has_tls
         self.max_body_size = config.max_body_size
+        # Host sent to the origin for a request that had none (HTTP/1.0): a real name, never a "*." pattern.
+        exact = [h for h in config.hosts if not h.startswith("*.")]
+        self.default_host = (exact[0] if exact else config.hosts[0][2:]).encode()
         # Header lines added to every response this site sends over https.
         self.https_response_head = b"Strict-Transport-Security: %s\r\n" % config.hsts.encode() if config.hsts else b""
         context = origin_ssl_context(config)
