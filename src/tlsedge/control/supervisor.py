@@ -178,9 +178,8 @@ class Supervisor:
         self.listeners.retain_only((), ())
         for pid in pids:
             _signal(pid, signal.SIGTERM)
-        deadline = time.monotonic() + self._initial.server.drain_timeout + _KILL_GRACE
-        if self.current is not None:
-            deadline = time.monotonic() + self.current.config.server.drain_timeout + _KILL_GRACE
+        config = self.current.config if self.current is not None else self._initial
+        deadline = time.monotonic() + config.server.drain_timeout + _KILL_GRACE
         while pids and time.monotonic() < deadline:
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)
