@@ -5,129 +5,41 @@ from __future__ import annotations
 import datetime as dt
 import io
 import ipaddress
-import json
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tlsedge.config import (
     CertificateFiles,
     Config,
-    ConfigError,
     Limits,
     Listener,
     Origin,
     OriginTimeouts,
-    Problem,
     ServerConfig,
     SiteConfig,
     load_config,
 )
 from tlsedge.config.check import run_check
+from tlsedge.config.schema import PoolConfig, PoolServer
 
-from .conftest import Pki, new_key, pem_key
-
-# --- building configuration files -------------------------------------------------------------------------------------
-
-
-def toml_value(value: Any) -> str:
-    """Just enough of a TOML writer for tests: scalars, arrays and inline tables."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # JSON string escapes are valid TOML basic-string escapes
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(value)
-
-
-def changed(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``changes`` applied; a change to None removes the key."""
-    merged = {**base, **changes}
-    return {k: v for k, v in merged.items() if v is not None}
-
-
-def server(**changes: Any) -> dict[str, Any]:
-    return changed({"https": ["127.0.0.1:8443"], "http": ["127.0.0.1:8080"]}, changes)
-
-
-def blog(**changes: Any) -> dict[str, Any]:
-    """A valid site with an EC certificate (written by the autouse fixture) and a strict TLS origin."""
-    base = {
-        "name": "blog",
-        "hosts": ["blog.example", "*.blog.example"],
-        "certificate": {"cert": "certs/blog.pem", "key": "certs/blog.key"},
-        "origins": ["https://127.0.0.1:9443"],
-        "origin_server_name": "origin.blog.example",
-    }
-    return changed(base, changes)
-
-
-def plain(**changes: Any) -> dict[str, Any]:
-    """A valid plain-HTTP site."""
-    return changed({"name": "plain", "hosts": ["plain.example"], "origins": ["http://127.0.0.1:9000"]}, changes)
-
-
-def render(server_table: dict[str, Any] | None, sites: list[dict[str, Any]]) -> str:
-    lines = []
-    if server_table is not None:
-        lines.append("[server]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in server_table.items()]
-    for site in sites:
-        lines.append("\n[[site]]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in site.items()]
-    return "\n".join(lines) + "\n"
-
-
-@pytest.fixture
-def config_file(write_config):
-    """Write a config from a server table and site tables; defaults to one valid https site."""
-
-    def write(server_table: dict[str, Any] | None = None, sites: list[dict[str, Any]] | None = None) -> Path:
-        return write_config(
-            render(server() if server_table is None else server_table, [blog()] if sites is None else sites)
-        )
-
-    return write
-
-
-@pytest.fixture(autouse=True)
-def blog_certificate(pki: Pki) -> tuple[Path, Path]:
-    return pki.leaf("blog", ["blog.example", "*.blog.example"])
-
-
-def problems_of(path: Path) -> list[Problem]:
-    with pytest.raises(ConfigError) as caught:
-        load_config(path)
-    return caught.value.problems
-
-
-def problem_at(path: Path, field: str) -> Problem:
-    """The one problem reported at ``field`` (failing with the full list when there is none)."""
-    problems = problems_of(path)
-    found = [p for p in problems if p.field == field]
-    assert len(found) == 1, "\n".join(str(p) for p in problems)
-    return found[0]
-
-
-def warnings_of(path: Path) -> list[str]:
-    return list(load_config(path).warnings)
-
-
-def warning_at(path: Path, field: str) -> str:
-    warnings = warnings_of(path)
-    found = [w for w in warnings if f" {field}: " in w]
-    assert len(found) == 1, warnings
-    return found[0]
-
+from .conftest import (
+    Pki,
+    blog,
+    new_key,
+    pem_key,
+    plain,
+    problem_at,
+    problems_of,
+    render,
+    server,
+    warning_at,
+    warnings_of,
+)
 
 # --- a complete valid configuration -----------------------------------------------------------------------------------
 
@@ -175,6 +87,7 @@ read_timeout = 90
 idle_timeout = "15s"
 max_idle = 8
 max_connections = 100
+tunnel_timeout = "10m"
 
 [[site]]
 name = "plain"
@@ -228,10 +141,18 @@ def test_full_example_loads_into_the_expected_objects(tmp_path, pki, write_confi
                     CertificateFiles(certs / "blog.pem", certs / "blog.key"),
                     CertificateFiles(certs / "blog-rsa.pem", certs / "blog-rsa.key"),
                 ),
-                origins=(
-                    Origin("https", "127.0.0.1", 9443),
-                    Origin("https", "127.0.0.1", 9444),
-                    Origin("https", "::1", 443),
+                pools=(
+                    PoolConfig(
+                        name="default",
+                        servers=(
+                            PoolServer(Origin("https", "127.0.0.1", 9443)),
+                            PoolServer(Origin("https", "127.0.0.1", 9444)),
+                            PoolServer(Origin("https", "::1", 443)),
+                        ),
+                        origin_tls="strict",
+                        origin_ca=certs / "origin-ca.pem",
+                        origin_server_name="origin.blog.example",
+                    ),
                 ),
                 origin_tls="strict",
                 origin_ca=certs / "origin-ca.pem",
@@ -246,13 +167,23 @@ def test_full_example_loads_into_the_expected_objects(tmp_path, pki, write_confi
                     idle_timeout=15.0,
                     max_idle=8,
                     max_connections=100,
+                    tunnel_timeout=600.0,
                 ),
             ),
             SiteConfig(
                 name="plain",
                 hosts=("plain.example",),
                 certificates=(),
-                origins=(Origin("http", "localhost", 9000), Origin("http", "127.0.0.1", 9001)),
+                pools=(
+                    PoolConfig(
+                        name="default",
+                        servers=(
+                            PoolServer(Origin("http", "localhost", 9000)),
+                            PoolServer(Origin("http", "127.0.0.1", 9001)),
+                        ),
+                        origin_tls="flexible",
+                    ),
+                ),
                 origin_tls="flexible",
                 redirect_http=False,
                 max_body_size=0,
@@ -1089,4 +1020,24 @@ def test_documented_complete_example_loads(tmp_path, pki, write_config):
     assert config.site("status").redirect_http is False
     assert config.server.limits == Limits()
     assert config.site("blog").origin == OriginTimeouts()
+    assert config.warnings == ()
+
+
+def test_documented_pools_example_loads(tmp_path, pki, write_config):
+    [text] = [example for example in documented_examples() if "[[site.route]]" in example and "[server]" in example]
+    pki.leaf("shop", ["shop.example"])
+    pki.leaf("edge-client", ["edge.example"], usages=[ExtendedKeyUsageOID.CLIENT_AUTH])
+    pki.ca_bundle("origin-ca")
+
+    config = load_config(write_config(text))
+
+    site = config.site("shop")
+    assert [(pool.name, pool.origin_tls, len(pool.servers)) for pool in site.pools] == [
+        ("web", "strict", 2),
+        ("api", "strict", 3),
+    ]
+    assert all(pool.client_certificate == site.origin_client_certificate for pool in site.pools)
+    assert site.pool("web").sticky is not None
+    assert site.pool("api").health is not None and site.pool("api").health.status == (204, 204)
+    assert [(route.pool, route.prefix_rewrite) for route in site.routes] == [("api", "/"), ("web", None)]
     assert config.warnings == ()

@@ -1,59 +1,165 @@
-"""Audit of issue 2: "a TOML config ... documented field by field in docs/configuration.md" and "limits with documented
-defaults". Every key the loader accepts has a row in the documentation, and every documented default of a limit or an
-origin setting is the default the code really uses."""
+"""Audit of issues 2 and 3: "a TOML config ... documented field by field in docs/configuration.md", "limits with
+documented defaults", and the same for origin pools, health checks, outlier detection, sticky sessions and routes.
+Every key the loader accepts has a row in the section of the documentation that describes its table, every row there
+is a key the loader accepts, and every documented default, read through the loader's own reader, is the default the
+code really uses."""
 
 from __future__ import annotations
 
 import dataclasses
 import re
 import tomllib
+from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tlsedge.config.load import _CERTIFICATE_KEYS, _LIMITS, _ORIGIN, _SERVER_KEYS, _SITE_KEYS
-from tlsedge.config.schema import Limits, OriginTimeouts
-from tlsedge.config.values import parse_duration, parse_size
+from tlsedge.config.load import (
+    _CERTIFICATE_KEYS,
+    _HEADER_EDIT_KEYS,
+    _HEALTH,
+    _LIMITS,
+    _ORIGIN,
+    _OUTLIER,
+    _POOL,
+    _POOL_KEYS,
+    _POOL_SERVER,
+    _POOL_SERVER_KEYS,
+    _ROUTE_KEYS,
+    _SERVER_KEYS,
+    _SITE_KEYS,
+    _STICKY,
+    _STICKY_KEYS,
+    _Report,
+    _Table,
+)
+from tlsedge.config.schema import (
+    HealthCheck,
+    Limits,
+    OriginTimeouts,
+    OutlierDetection,
+    PoolConfig,
+    PoolServer,
+    StickySessions,
+)
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
+# Keys whose value is a table documented in a section of its own, by the section's heading code.
+TABLE_SECTIONS = {
+    "limits": "[server.limits]",
+    "origin": "[site.origin]",
+    "pool": "[[site.pool]]",
+    "route": "[[site.route]]",
+    "health": "[site.pool.health]",
+    "outlier": "[site.pool.outlier]",
+}
+# Each table the loader reads, by the heading code of its section, with the keys it accepts.
+SECTIONS: dict[str, Collection[str]] = {
+    "[server]": _SERVER_KEYS,
+    "[server.limits]": _LIMITS,
+    "[[site]]": _SITE_KEYS,
+    "certificate": _CERTIFICATE_KEYS,
+    "[site.origin]": _ORIGIN,
+    "[[site.pool]]": _POOL_KEYS,
+    "servers": _POOL_SERVER_KEYS,
+    "sticky": _STICKY_KEYS,
+    "[site.pool.health]": _HEALTH,
+    "[site.pool.outlier]": _OUTLIER,
+    "[[site.route]]": _ROUTE_KEYS,
+    "request_headers": _HEADER_EDIT_KEYS,
+}
+# Defaults to check: (section, schema class, the loader's readers of that table).
+DEFAULTS: list[tuple[str, type, dict[str, Callable[[_Table, str], Any]]]] = [
+    ("[server.limits]", Limits, _LIMITS),
+    ("[site.origin]", OriginTimeouts, _ORIGIN),
+    ("[[site.pool]]", PoolConfig, _POOL),
+    ("servers", PoolServer, _POOL_SERVER),
+    ("sticky", StickySessions, _STICKY),
+    ("[site.pool.health]", HealthCheck, _HEALTH),
+    ("[site.pool.outlier]", OutlierDetection, _OUTLIER),
+]
 
-def _rows(section: str | None = None) -> dict[str, list[str]]:
-    """Table rows of the documentation (or of the section whose heading contains ``section``) by their first cell."""
-    rows: dict[str, list[str]] = {}
-    inside = section is None
+
+def _sections() -> dict[str, dict[str, list[str]]]:
+    """Table rows by their first cell, per section; a section is named by the first code span of its heading."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] = {}
+    fenced = False
     for line in DOCS.read_text().splitlines():
-        if section is not None and line.startswith("#"):
-            inside = section in line
-        if not inside:
+        if line.startswith("```"):
+            fenced = not fenced
+        if fenced:
+            continue
+        if line.startswith("#"):
+            code = re.search(r"`([^`]+)`", line)
+            current = sections.setdefault(code.group(1) if code else line.lstrip("# "), {})
             continue
         m = re.match(r"^\|\s*`([a-z_]+)`\s*\|(.*)\|\s*$", line)
         if m:
-            rows.setdefault(m.group(1), [cell.strip() for cell in m.group(2).split("|")])
-    return rows
+            current.setdefault(m.group(1), [cell.strip() for cell in m.group(2).split("|")])
+    return sections
 
 
-@pytest.mark.parametrize("key", sorted({*_SERVER_KEYS, *_SITE_KEYS, *_LIMITS, *_ORIGIN, *_CERTIFICATE_KEYS}))
-def test_every_accepted_key_has_a_documentation_row(key):
-    if key in ("limits", "origin"):  # documented as their own sections
-        assert f"[server.{key}]" in DOCS.read_text() or f"[site.{key}]" in DOCS.read_text()
+SECTION_ROWS = _sections()
+
+
+@pytest.mark.parametrize(("section", "key"), [(section, key) for section, keys in SECTIONS.items() for key in keys])
+def test_every_accepted_key_has_a_row_in_its_section(section, key):
+    assert section in SECTION_ROWS, f"docs/configuration.md has no section headed `{section}`"
+    if key in TABLE_SECTIONS and key not in SECTION_ROWS[section]:
+        assert TABLE_SECTIONS[key] in SECTION_ROWS, f"`{key}` is a table but has no section `{TABLE_SECTIONS[key]}`"
         return
-    assert key in _rows(), f"`{key}` is accepted by the loader but has no row in docs/configuration.md"
+    assert key in SECTION_ROWS[section], f"`{key}` is accepted in `{section}` but has no row in its section"
 
 
-def _doc_default(section: str, key: str) -> object:
-    cells = _rows(section)[key]
-    default = cells[1].strip("`")
-    return tomllib.loads(f"v = {default}")["v"]
+@pytest.mark.parametrize("section", SECTIONS)
+def test_every_documented_row_is_an_accepted_key(section):
+    stale = set(SECTION_ROWS.get(section, {})) - set(SECTIONS[section])
+    assert not stale, f"rows of `{section}` that the loader does not accept: {sorted(stale)}"
 
 
-@pytest.mark.parametrize(("cls", "key"), [*((Limits, k) for k in _LIMITS), *((OriginTimeouts, k) for k in _ORIGIN)])
-def test_documented_defaults_are_the_real_defaults(cls, key):
+def _documented_default(section: str, key: str) -> Any:
+    """The Default cell of a key's row, as the TOML value it is written as."""
+    cell = SECTION_ROWS[section][key][1]
+    return tomllib.loads(f"v = {cell.strip('`')}")["v"]
+
+
+def _read(reader: Callable[[_Table, str], Any], key: str, value: Any) -> Any:
+    """``value`` read the way the loader reads ``key`` in a file; it must be a valid value for that key."""
+    report = _Report(file=DOCS, base=DOCS.parent)
+    result = reader(_Table(report, {key: value}, "", None, (key,)), key)
+    assert not report.problems, [str(p) for p in report.problems]
+    return result
+
+
+@pytest.mark.parametrize(
+    ("section", "cls", "key", "reader"),
+    [
+        (section, cls, field.name, readers[field.name])
+        for section, cls, readers in DEFAULTS
+        for field in dataclasses.fields(cls)
+        if field.name in readers and field.default is not None
+    ],
+)
+def test_documented_defaults_are_the_real_defaults(section, cls, key, reader):
     real = {f.name: f.default for f in dataclasses.fields(cls)}[key]
-    documented = _doc_default("[server.limits]" if cls is Limits else "[site.origin]", key)
-    if isinstance(real, float):
-        assert parse_duration(documented) == real, (key, documented, real)
-    elif key.endswith("_bytes"):
-        assert parse_size(documented) == real, (key, documented, real)
-    else:
-        assert documented == real, (key, documented, real)
+    documented = _read(reader, key, _documented_default(section, key))
+    assert documented == real, (cls.__name__, key, documented, real)
+
+
+@pytest.mark.parametrize("key", ["hash_on", "hash_method"])
+def test_documented_hash_defaults(key):
+    """Read outside `_POOL` (they depend on `balance`), and written exactly as the schema's default."""
+    real = {f.name: f.default for f in dataclasses.fields(PoolConfig)}[key]
+    assert _documented_default("[[site.pool]]", key) == real
+
+
+def test_defaults_that_are_absent_are_documented_as_such():
+    """Settings whose default is "not set" must not show a value the loader would read as something else."""
+    for section, cls, readers in DEFAULTS:
+        for field in dataclasses.fields(cls):
+            if field.name in readers and field.default is None:
+                cell = SECTION_ROWS[section][field.name][1]
+                assert not cell.startswith("`"), (section, field.name, cell)

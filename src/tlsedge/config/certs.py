@@ -12,6 +12,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 # Curves that TLS clients accept for ECDSA certificates (RFC 8446 signature schemes).
 _TLS_CURVES = ("secp256r1", "secp384r1", "secp521r1")
@@ -112,3 +113,16 @@ def dns_names(cert: x509.Certificate) -> list[str] | None:
     except x509.ExtensionNotFound:
         return None
     return [name.lower() for name in san.get_values_for_type(x509.DNSName)]
+
+
+def allows_client_auth(cert: x509.Certificate) -> bool:
+    """Whether a certificate may authenticate a TLS client: no extended key usage, or one that includes clientAuth.
+
+    Origins that verify client certificates (nginx ``ssl_verify_client``, OpenSSL) refuse one whose extended key
+    usage lists only serverAuth, a common result of reusing a server certificate as the edge's client certificate.
+    """
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return True
+    return ExtendedKeyUsageOID.CLIENT_AUTH in usages or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usages

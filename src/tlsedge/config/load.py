@@ -26,16 +26,25 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from . import certs
 from .errors import ConfigError, Problem
 from .schema import (
+    Balance,
     CertificateFiles,
     Config,
+    HashMethod,
+    HeaderEdits,
+    HealthCheck,
     IpNetwork,
     Limits,
     Listener,
     Origin,
     OriginTimeouts,
     OriginTls,
+    OutlierDetection,
+    PoolConfig,
+    PoolServer,
+    RouteConfig,
     ServerConfig,
     SiteConfig,
+    StickySessions,
 )
 from .values import (
     OriginAddress,
@@ -44,10 +53,18 @@ from .values import (
     listeners_clash,
     name_covers,
     normalize_hostname,
+    parse_cookie_name,
     parse_duration,
+    parse_hash_on,
+    parse_header_name,
+    parse_header_value,
+    parse_host_header,
     parse_listener,
+    parse_method,
     parse_origin,
+    parse_request_path,
     parse_size,
+    parse_status_range,
     suggest,
 )
 
@@ -74,16 +91,37 @@ _SITE_KEYS = (
     "origin_tls",
     "origin_ca",
     "origin_server_name",
+    "origin_client_certificate",
     "redirect_http",
     "hsts",
     "max_body_size",
     "origin",
+    "pool",
+    "route",
 )
 _CERTIFICATE_KEYS = ("cert", "key")
+_STICKY_KEYS = ("cookie", "max_age")
+_ROUTE_KEYS = (
+    "path",
+    "path_prefix",
+    "path_regex",
+    "methods",
+    "headers",
+    "pool",
+    "host",
+    "prefix_rewrite",
+    "request_headers",
+    "response_headers",
+)
+_HEADER_EDIT_KEYS = ("remove", "set", "add")
 _ORIGIN_TLS_MODES: tuple[str, ...] = get_args(OriginTls)
+_BALANCES: tuple[str, ...] = get_args(Balance)
+_HASH_METHODS: tuple[str, ...] = get_args(HashMethod)
 _MAX_WORKERS = 256
+_MAX_RETRIES = 10
 _DEFAULT_HSTS = "max-age=31536000"
-_SITE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_SHORTHAND_POOL = "default"  # the pool `origins` makes
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # site and pool names
 _HSTS_RE = re.compile(r'^max-age="?\d+"?(\s*;\s*(includesubdomains|preload))*\s*;?$', re.IGNORECASE)
 
 
@@ -118,7 +156,10 @@ class _Report:
         self.problems.append(Problem(file=self.file, field=where, reason=reason, site=site))
 
     def warn(self, where: str, reason: str, site: str | None = None) -> None:
-        self.warnings.append(str(Problem(file=self.file, field=where, reason=reason, site=site)))
+        """Record a warning once: a site-level setting inherited by several pools is warned about at one place."""
+        text = str(Problem(file=self.file, field=where, reason=reason, site=site))
+        if text not in self.warnings:
+            self.warnings.append(text)
 
     def resolve(self, text: str) -> Path:
         path = Path(text).expanduser()
@@ -195,12 +236,17 @@ class _Table:
             return None
         return value
 
-    def string(self, key: str) -> str | None:
+    def string(self, key: str, *, allow_empty: bool = False) -> str | None:
         value = self._typed(key, str, "a string")
-        if value == "":
+        if value == "" and not allow_empty:
             self.problem(key, "is empty; give a value or remove the key")
             return None
         return value
+
+    def parsed(self, key: str, parse: Callable[[str], T]) -> T | None:
+        """A string read through a value parser (from `values`) whose ValueError message is the reason."""
+        text = self.string(key)
+        return None if text is None else self.attempt(self.field(key), lambda: parse(text))
 
     def boolean(self, key: str) -> bool | None:
         return self._typed(key, bool, "true or false")
@@ -216,8 +262,18 @@ class _Table:
             return None
         return value
 
-    def duration(self, key: str) -> float | None:
-        return self.attempt(self.field(key), lambda: parse_duration(self.data[key])) if key in self.data else None
+    def duration(self, key: str, *, allow_zero: bool = False) -> float | None:
+        if key not in self.data:
+            return None
+        return self.attempt(self.field(key), lambda: parse_duration(self.data[key], allow_zero=allow_zero))
+
+    def fraction(self, key: str) -> float | None:
+        """A number from 0 to 1; integers (0, 1) are accepted since TOML writes them without a decimal point."""
+        value = self._typed(key, (int, float), "a number from 0 to 1")
+        if value is not None and not 0 <= value <= 1:
+            self.problem(key, f"must be from 0 to 1, not {value}")
+            return None
+        return None if value is None else float(value)
 
     def size(self, key: str, minimum: int = 0) -> int | None:
         return self.attempt(self.field(key), lambda: parse_size(self.data[key], minimum)) if key in self.data else None
@@ -247,6 +303,22 @@ class _Table:
     def path(self, key: str) -> Path | None:
         text = self.string(key)
         return self.report.resolve(text) if text is not None else None
+
+    def tables(self, key: str, written: str) -> list[tuple[int, dict[str, Any]]]:
+        """An array of tables (``[[site.pool]]``) as (index, table) pairs; any other shape is reported."""
+        raw = self.data.get(key)
+        if raw is None:
+            return []
+        if not isinstance(raw, list):
+            self.problem(key, f"must be an array of tables (write {written} with double brackets), not {describe(raw)}")
+            return []
+        items = []
+        for index, item in enumerate(raw):
+            if isinstance(item, dict):
+                items.append((index, item))
+            else:
+                self.at(f"{self.field(key)}[{index}]", f"must be a table (write {written}), not {describe(item)}")
+        return items
 
 
 def _given(**values: Any) -> dict[str, Any]:
@@ -368,48 +440,44 @@ def _limits(t: _Table) -> Limits:
 
 
 def _sites(root: _Table) -> tuple[SiteConfig, ...]:
-    raw = root.data.get("site")
-    if raw is None:
+    if root.data.get("site") in (None, []):
         root.problem("site", "no site configured; add a [[site]] table with name, hosts and origins")
-        return ()
-    if not isinstance(raw, list):
-        root.problem("site", f"must be an array of tables (write [[site]] with double brackets), not {describe(raw)}")
-        return ()
-    if not raw:
-        root.problem("site", "no site configured; add a [[site]] table with name, hosts and origins")
-    names: dict[str, int] = {}
+    names: dict[str, str] = {}
     host_owners: dict[str, str] = {}
     sites = []
-    for index, item in enumerate(raw):
-        if not isinstance(item, dict):
-            root.problem(f"site[{index}]", f"must be a table (write [[site]]), not {describe(item)}")
-            continue
-        name = _site_name(root, item, index, names)
-        prefix = f"site[{name}]" if name else f"site[{index}]"
-        sites.append(_site(root.report, item, prefix, name, host_owners))
+    for index, item in root.tables("site", "[[site]]"):
+        where = f"site[{index}]"
+        name = _entry_name(root, item, where, names, "site", "blog")
+        sites.append(_site(root.report, item, f"site[{name}]" if name else where, name, host_owners))
     return tuple(sites)
 
 
-def _site_name(root: _Table, item: dict[str, Any], index: int, names: dict[str, int]) -> str | None:
-    """The site's name, or None when it is missing, malformed or taken (fields then say ``site[<index>]``)."""
-    # Only "name" is read here; unknown keys are reported once, by the site's own table.
-    t = root.child({"name": item["name"]} if "name" in item else {}, f"site[{index}]", ("name",))
-    if not t.require("name", 'give the site a name, e.g. name = "blog"'):
+def _entry_name(
+    parent: _Table, item: dict[str, Any], where: str, taken: dict[str, str], kind: str, example: str
+) -> str | None:
+    """A site's or pool's name, or None when it is missing, malformed or taken (its fields then say ``[<index>]``).
+
+    ``taken`` maps the names seen so far to where they were given, and gets this one.
+    """
+    # Only "name" is read here; unknown keys are reported once, by the entry's own table.
+    t = parent.child({"name": item["name"]} if "name" in item else {}, where, ("name",))
+    if not t.require("name", f'give the {kind} a name, e.g. name = "{example}"'):
         return None
     name = t.string("name")
     if name is None:
         return None
-    if not _SITE_NAME_RE.match(name):
+    if not _NAME_RE.match(name):
         t.problem(
             "name",
-            f"{name!r} is not a valid site name; use lower-case letters, digits, '-' and '_', "
+            f"{name!r} is not a valid {kind} name; use lower-case letters, digits, '-' and '_', "
             "starting with a letter or digit",
         )
         return None
-    if name in names:
-        t.problem("name", f"{name!r} is already the name of site[{names[name]}]; site names must be unique")
+    if name in taken:
+        unique = "site names must be unique" if kind == "site" else "pool names must be unique in a site: rename one"
+        t.problem("name", f"{name!r} is already the name of {taken[name]}; {unique}")
         return None
-    names[name] = index
+    taken[name] = where
     return name
 
 
@@ -419,20 +487,26 @@ def _site(
     t = _Table(report, item, prefix, name, _SITE_KEYS)
     hosts = _hosts(t, host_owners)
     certificates = _certificates(t, hosts)
-    origins, origin_tls = _origins(t)
+    defaults = _tls_defaults(t)
+    pools, pool_names = _pools(t, defaults)
+    _check_site_tls_used(t, defaults, pools)
+    routes = _routes(t, [pool.config.name for pool in pools], pool_names)
+    _check_routes_reach_pools(t, pools, routes)
     origin = t.table("origin")
     redirect_http, hsts = _https_policy(t, has_certificates=bool(certificates or item.get("certificate")))
     return SiteConfig(
         name=name or "",
         hosts=tuple(host for _, host in hosts),
         certificates=certificates,
-        origins=origins,
-        origin_tls=origin_tls,
+        pools=tuple(pool.config for pool in pools),
+        origin_tls=defaults.mode or (pools[0].config.origin_tls if pools else "strict"),
+        routes=tuple(route for _, route in routes),
         redirect_http=redirect_http,
         hsts=hsts,
         **_given(
-            origin_ca=_origin_ca(t, origin_tls),
-            origin_server_name=_origin_server_name(t, origin_tls),
+            origin_ca=defaults.ca,
+            origin_server_name=defaults.server_name,
+            origin_client_certificate=defaults.client_certificate,
             max_body_size=t.size("max_body_size"),
             origin=_origin_timeouts(t.child(origin, f"{prefix}.origin", _ORIGIN)) if origin is not None else None,
         ),
@@ -510,8 +584,39 @@ def _certificates(t: _Table, hosts: list[tuple[str, str]]) -> tuple[CertificateF
 
 
 def _certificate(t: _Table) -> _LoadedCertificate | None:
-    has_cert = t.require("cert", 'give the PEM certificate chain (leaf first), e.g. cert = "certs/site.pem"')
-    has_key = t.require("key", 'give the PEM private key of the certificate, e.g. key = "certs/site.key"')
+    pair = _read_pair(
+        t,
+        'give the PEM certificate chain (leaf first), e.g. cert = "certs/site.pem"',
+        'give the PEM private key of the certificate, e.g. key = "certs/site.key"',
+    )
+    if pair is None:
+        return None
+    files, chain, key = pair
+    if key is not None and certs.key_type(key) in ("Ed25519", "Ed448"):
+        t.warn(
+            "key",
+            f"most browsers do not accept {certs.key_type(key)} certificates; serve an EC P-256 "
+            "certificate too (certificate = [{...}, {...}])",
+        )
+    if chain is None or key is None:
+        return _LoadedCertificate(files, None, certs.key_type(key) if key is not None else None)
+    matched = _check_key_matches(t, chain, key, files.cert)
+    _check_dates(t, chain[0], "clients")
+    if certs.dns_names(chain[0]) is None:
+        t.warn(
+            "cert",
+            "the certificate has no subjectAltName; clients ignore the Common Name: reissue it with "
+            "the site's host names as subjectAltName",
+        )
+    return _LoadedCertificate(files, chain[0] if matched else None, certs.key_type(key))
+
+
+def _read_pair(
+    t: _Table, cert_hint: str, key_hint: str
+) -> tuple[CertificateFiles, list[x509.Certificate] | None, PrivateKeyTypes | None] | None:
+    """A ``{ cert, key }`` table's files, parsed: the chain and the key are None when unusable (already reported)."""
+    has_cert = t.require("cert", cert_hint)
+    has_key = t.require("key", key_hint)
     cert_path, key_path = t.path("cert"), t.path("key")
     if not (has_cert and has_key) or cert_path is None or key_path is None:
         return None
@@ -523,18 +628,7 @@ def _certificate(t: _Table) -> _LoadedCertificate | None:
         if unfit:
             t.problem("key", unfit)
             key = None
-        elif certs.key_type(key) in ("Ed25519", "Ed448"):
-            t.warn(
-                "key",
-                f"most browsers do not accept {certs.key_type(key)} certificates; serve an EC P-256 "
-                "certificate too (certificate = [{...}, {...}])",
-            )
-    files = CertificateFiles(cert=cert_path, key=key_path)
-    if chain is None or key is None:
-        return _LoadedCertificate(files, None, certs.key_type(key) if key is not None else None)
-    matched = _check_key_matches(t, chain, key, cert_path)
-    _check_validity(t, chain[0])
-    return _LoadedCertificate(files, chain[0] if matched else None, certs.key_type(key))
+    return CertificateFiles(cert=cert_path, key=key_path), chain, key
 
 
 def _check_key_matches(t: _Table, chain: list[x509.Certificate], key: PrivateKeyTypes, cert_path: Path) -> bool:
@@ -558,26 +652,20 @@ def _check_key_matches(t: _Table, chain: list[x509.Certificate], key: PrivateKey
     return False
 
 
-def _check_validity(t: _Table, leaf: x509.Certificate) -> None:
-    """Out-of-date certificates still load (renewal may be on its way), but clients will refuse them: warn."""
+def _check_dates(t: _Table, leaf: x509.Certificate, peers: str) -> None:
+    """Out-of-date certificates still load (renewal may be on its way), but ``peers`` will refuse them: warn."""
     now = datetime.now(UTC)
     if leaf.not_valid_after_utc < now:
         t.warn(
             "cert",
-            f"the certificate expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; clients will "
+            f"the certificate expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; {peers} will "
             "refuse it: renew it",
         )
     elif leaf.not_valid_before_utc > now:
         t.warn(
             "cert",
-            f"the certificate is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC; clients "
+            f"the certificate is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC; {peers} "
             "will refuse it until then: check the certificate and the system clock",
-        )
-    if certs.dns_names(leaf) is None:
-        t.warn(
-            "cert",
-            "the certificate has no subjectAltName; clients ignore the Common Name: reissue it with "
-            "the site's host names as subjectAltName",
         )
 
 
@@ -606,109 +694,683 @@ def _check_coverage(t: _Table, hosts: list[tuple[str, str]], leaves: list[x509.C
             )
 
 
-# --- origins ----------------------------------------------------------------------------------------------------------
+# --- origin TLS: the site's defaults and each pool's own settings -----------------------------------------------------
 
 
-def _origins(t: _Table) -> tuple[tuple[Origin, ...], OriginTls]:
-    """The origin servers and how to speak to them: explicit schemes must agree with origin_tls (or decide it)."""
-    addresses: list[tuple[str, OriginAddress]] = []
-    if t.require("origins", 'list the servers to proxy to, e.g. origins = ["http://127.0.0.1:9000"]'):
-        items = t.strings("origins")
-        if items == [] and t.data["origins"] == []:
-            t.problem("origins", 'is empty; list at least one server, e.g. origins = ["http://127.0.0.1:9000"]')
-        for where, text in items or []:
-            address = t.attempt(where, lambda text=text: parse_origin(text))
-            if address is not None:
-                addresses.append((where, address))
-    mode = _origin_tls(t, addresses)
-    default_scheme: Literal["http", "https"] = "http" if mode == "flexible" else "https"
-    origins: list[Origin] = []
-    for where, address in addresses:
-        scheme = address.scheme or default_scheme
-        port = address.port or (443 if scheme == "https" else 80)
-        origin = Origin(scheme=scheme, host=address.host, port=port)
-        if origin in origins:
-            t.at(where, f"'{origin}' is listed twice; remove one")
-            continue
-        origins.append(origin)
-    _warn_unverifiable_ip_origins(t, mode, origins)
-    return tuple(origins), mode
+@dataclass(frozen=True, slots=True)
+class _TlsDefaults:
+    """The origin TLS settings a site gives its pools (None: not given or unusable); a pool may override each one."""
+
+    mode_field: str | None  # where the site's origin_tls is written; None when the site leaves it to inference
+    mode: OriginTls | None
+    ca: Path | None
+    server_name: str | None
+    client_certificate: CertificateFiles | None
 
 
-def _origin_tls(t: _Table, addresses: list[tuple[str, OriginAddress]]) -> OriginTls:
-    schemes = {address.scheme for _, address in addresses if address.scheme}
-    if "origin_tls" not in t.data:
-        if schemes == {"http", "https"}:
-            t.problem(
-                "origins",
-                "mixes http:// and https:// origins; use one scheme for all of them, or set origin_tls "
-                "('flexible' for http, 'strict' or 'full' for https)",
-            )
-        return "flexible" if schemes == {"http"} else "strict"
+# Site-level key -> the pool key (and PoolConfig field) that overrides it, and the modes in which it means something.
+_INHERITED_TLS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "origin_ca": ("origin_ca", ("strict",)),
+    "origin_server_name": ("origin_server_name", ("full", "strict")),
+    "origin_client_certificate": ("client_certificate", ("full", "strict")),
+}
+
+
+def _tls_defaults(t: _Table) -> _TlsDefaults:
     mode = t.choice("origin_tls", _ORIGIN_TLS_MODES)
+    return _TlsDefaults(
+        mode_field=t.field("origin_tls") if "origin_tls" in t.data else None,
+        mode=cast(OriginTls | None, mode),
+        ca=t.path("origin_ca"),
+        server_name=_server_name(t, "origin_server_name"),
+        client_certificate=_client_certificate(t, "origin_client_certificate"),
+    )
+
+
+def _server_name(t: _Table, key: str) -> str | None:
+    return t.parsed(key, lambda text: normalize_hostname(text, allow_wildcard=False))
+
+
+def _client_certificate(t: _Table, key: str) -> CertificateFiles | None:
+    """The certificate the edge presents to origins that ask for one (authenticated origin pulls)."""
+    raw = t.table(key)
+    if raw is None:
+        return None
+    c = t.child(raw, t.field(key), _CERTIFICATE_KEYS)
+    pair = _read_pair(
+        c,
+        'give the PEM certificate chain the edge presents to origins (leaf first), e.g. cert = "certs/edge-client.pem"',
+        'give the PEM private key of that certificate, e.g. key = "certs/edge-client.key"',
+    )
+    if pair is None:
+        return None
+    files, chain, private_key = pair
+    if chain is not None and private_key is not None and _check_key_matches(c, chain, private_key, files.cert):
+        _check_dates(c, chain[0], "origins")
+        if not certs.allows_client_auth(chain[0]):
+            c.warn(
+                "cert",
+                "the certificate's extended key usage does not include clientAuth, so origins that check it "
+                "(nginx, OpenSSL) refuse it as a client certificate: issue one with extendedKeyUsage = clientAuth",
+            )
+    return files
+
+
+def _tls_only_reason(key: str, modes: list[str], who: str) -> str:
+    """Why a CA, server name or client certificate does not apply to the modes in use."""
+    if key == "origin_ca":
+        uses = f"this {who} uses {modes[0]!r}" if len(modes) == 1 else "its pools use " + " and ".join(map(repr, modes))
+        return f"only applies with origin_tls = 'strict' ({uses}); remove it or set origin_tls = 'strict'"
+    what = "" if key == "origin_server_name" else " (the edge presents it in the TLS handshake)"
+    reason = f"only applies to TLS origins{what} and origin_tls = 'flexible' is plain HTTP"
+    return f"{reason}; remove it or use https:// origins"
+
+
+def _pool_tls(p: _Table, mode: OriginTls, defaults: _TlsDefaults, *, declared: bool) -> tuple[dict[str, Any], set[str]]:
+    """A pool's CA, server name and client certificate: its own (which must apply to its mode) or the site's.
+
+    A site-level value reaches only the pools whose mode can use it, so a site may set origin_ca for its strict pools
+    and still have a flexible one. Returns the values as PoolConfig fields, and the site keys the pool takes.
+    """
+    site_values = {
+        "origin_ca": defaults.ca,
+        "origin_server_name": defaults.server_name,
+        "origin_client_certificate": defaults.client_certificate,
+    }
+    fields: dict[str, Any] = {}
+    inherits: set[str] = set()
+    for site_key, (key, modes) in _INHERITED_TLS.items():
+        if not (declared and key in p.data):
+            inherits.add(site_key)
+            fields[key] = site_values[site_key] if mode in modes else None
+            continue
+        value = _own_tls_value(p, key)
+        if mode not in modes:
+            p.problem(key, _tls_only_reason(site_key, [mode], "pool"))
+        elif key == "origin_ca" and value is not None:
+            p.attempt(p.field(key), lambda value=value: certs.read_certificates(value))
+        fields[key] = value
+    return fields, inherits
+
+
+def _own_tls_value(p: _Table, key: str) -> Any:
+    if key == "origin_ca":
+        return p.path(key)
+    if key == "origin_server_name":
+        return _server_name(p, key)
+    return _client_certificate(p, key)
+
+
+def _check_site_tls_used(t: _Table, defaults: _TlsDefaults, pools: list[_Pool]) -> None:
+    """A site-level CA, server name or client certificate must be usable by a pool that takes it from the site."""
+    for site_key, (_, modes) in _INHERITED_TLS.items():
+        if site_key not in t.data or not pools:
+            continue
+        used_by = sorted({pool.config.origin_tls for pool in pools if site_key in pool.inherits})
+        if not used_by:
+            t.warn(site_key, "every pool of the site sets its own value, so this one is never used; remove it")
+        elif not any(mode in modes for mode in used_by):
+            t.problem(site_key, _tls_only_reason(site_key, used_by, "site"))
+        elif site_key == "origin_ca" and defaults.ca is not None:
+            t.attempt(t.field(site_key), lambda ca=defaults.ca: certs.read_certificates(ca))
+
+
+def _pool_mode(
+    p: _Table, servers_key: str, entries: list[_ServerEntry], own: bool, defaults: _TlsDefaults
+) -> OriginTls:
+    """The pool's origin_tls: its own, else the site's, else inferred from the schemes of its servers."""
+    if own:
+        mode, where = p.choice("origin_tls", _ORIGIN_TLS_MODES), p.field("origin_tls")
+    elif defaults.mode_field is not None:
+        mode, where = defaults.mode, defaults.mode_field
+    else:
+        return _inferred_mode(p, servers_key, entries)
     if mode is None:
-        return "strict"
-    for where, address in addresses:
-        if mode == "flexible" and address.scheme == "https":
-            t.at(
-                where,
+        return "strict"  # the unusable value is already reported; strict is the placeholder that implies least
+    for entry in entries:
+        if mode == "flexible" and entry.address.scheme == "https":
+            p.at(
+                entry.where,
                 "is https:// but origin_tls = 'flexible' speaks plain HTTP to origins; use http:// "
                 "or origin_tls = 'strict'",
             )
-        elif mode != "flexible" and address.scheme == "http":
-            t.at(
-                where,
+        elif mode != "flexible" and entry.address.scheme == "http":
+            p.at(
+                entry.where,
                 f"is http:// but origin_tls = '{mode}' means TLS to the origin: this would send plaintext; "
                 "use https:// or origin_tls = 'flexible'",
             )
     if mode == "full":
-        t.warn(
-            "origin_tls",
+        p.at(
+            where,
             "'full' does not verify origin certificates: anyone on the path to the origin can "
             "impersonate it; use 'strict' (with origin_ca for a private CA)",
+            warning=True,
         )
     return cast(OriginTls, mode)
 
 
-def _warn_unverifiable_ip_origins(t: _Table, mode: OriginTls, origins: list[Origin]) -> None:
+def _inferred_mode(p: _Table, servers_key: str, entries: list[_ServerEntry]) -> OriginTls:
+    schemes = {entry.address.scheme for entry in entries if entry.address.scheme}
+    if schemes == {"http", "https"}:
+        p.problem(
+            servers_key,
+            "mixes http:// and https:// origins; use one scheme for all of them, or set origin_tls "
+            "('flexible' for http, 'strict' or 'full' for https)",
+        )
+    return "flexible" if schemes == {"http"} else "strict"
+
+
+def _warn_unverifiable_ip_origins(
+    p: _Table, mode: OriginTls, servers: tuple[PoolServer, ...], name: str | None
+) -> None:
     """Strict verification of an origin named by IP needs an IP in its certificate, which is rare: say so early."""
-    if mode != "strict" or "origin_server_name" in t.data:
+    if mode != "strict" or name is not None:
         return
-    for origin in origins:
-        if is_ip_address(origin.host):
-            t.warn(
+    for server in servers:
+        if is_ip_address(server.origin.host):
+            p.warn(
                 "origin_server_name",
-                f"not set while origin '{origin}' is an IP address: its certificate must "
+                f"not set while origin '{server.origin}' is an IP address: its certificate must "
                 "name that IP; set origin_server_name to the name on the origin's certificate",
             )
             return
 
 
-def _origin_ca(t: _Table, mode: OriginTls) -> Path | None:
-    path = t.path("origin_ca")
-    if path is None:
-        return None
-    if mode != "strict":
-        t.problem(
-            "origin_ca",
-            f"only applies with origin_tls = 'strict' (this site uses {mode!r}); "
-            "remove it or set origin_tls = 'strict'",
-        )
-    else:
-        t.attempt(t.field("origin_ca"), lambda: certs.read_certificates(path))
-    return path
+# --- pools ------------------------------------------------------------------------------------------------------------
 
 
-def _origin_server_name(t: _Table, mode: OriginTls) -> str | None:
-    text = t.string("origin_server_name")
-    if text is None:
-        return None
-    if mode == "flexible":
+@dataclass(frozen=True, slots=True)
+class _ServerEntry:
+    """A server as written, before origin_tls decides the scheme of a scheme-less address."""
+
+    where: str  # the field of its address, for its problems
+    address: OriginAddress
+    settings: dict[str, Any]  # PoolServer fields given in a table entry
+
+
+@dataclass(frozen=True, slots=True)
+class _Pool:
+    """A pool read from the file, with what the site-wide checks need to know about it."""
+
+    where: str  # site[x].pool[name], or site[x].origins for the pool `origins` makes
+    config: PoolConfig
+    inherits: set[str]  # site-level TLS keys it takes from the site
+
+
+_POOL_SERVER: dict[str, Callable[[_Table, str], Any]] = {
+    "weight": lambda t, k: t.integer(k, 1, 1000),
+    "max_connections": lambda t, k: t.integer(k, 0),
+    "backup": _Table.boolean,
+    "drain": _Table.boolean,
+}
+_POOL_SERVER_KEYS = ("address", *_POOL_SERVER)
+
+# The pool settings read as plain values; the other pool keys need the rest of the pool to be checked.
+_POOL: dict[str, Callable[[_Table, str], Any]] = {
+    "balance": lambda t, k: t.choice(k, _BALANCES),
+    "slow_start": lambda t, k: t.duration(k, allow_zero=True),
+    "retries": lambda t, k: t.integer(k, 0, _MAX_RETRIES),
+    "retry_budget": _Table.fraction,
+    "retry_timeout": _Table.duration,
+    "queue_timeout": _Table.duration,
+}
+_POOL_KEYS = (
+    "name",
+    "servers",
+    "origin_tls",
+    "origin_ca",
+    "origin_server_name",
+    "client_certificate",
+    *_POOL,
+    "hash_on",
+    "hash_method",
+    "sticky",
+    "health",
+    "outlier",
+)
+
+
+def _pools(t: _Table, defaults: _TlsDefaults) -> tuple[list[_Pool], set[str]]:
+    """The site's pools, the one `origins` makes first; also every pool name written, valid or not.
+
+    Routes are checked against the written names too, so a pool whose name is refused does not also make every
+    route that names it a problem.
+    """
+    pools: list[_Pool] = []
+    taken: dict[str, str] = {}
+    written: set[str] = set()
+    if "origins" in t.data:
+        taken[_SHORTHAND_POOL] = "the pool that `origins` makes (origins is a shorthand for a pool named 'default')"
+        pools.append(_pool(t, _SHORTHAND_POOL, defaults, shorthand=True))
+    for index, item in t.tables("pool", "[[site.pool]]"):
+        if isinstance(item.get("name"), str):
+            written.add(item["name"])
+        where = f"{t.prefix}.pool[{index}]"
+        name = _entry_name(t, item, where, taken, "pool", "api")
+        p = t.child(item, f"{t.prefix}.pool[{name}]" if name else where, _POOL_KEYS)
+        pools.append(_pool(p, name or "", defaults, shorthand=False))
+    if "origins" not in t.data and not t.data.get("pool"):
         t.problem(
-            "origin_server_name",
-            "only applies to TLS origins and origin_tls = 'flexible' is plain HTTP; remove it or use https:// origins",
+            "origins",
+            'missing; list the servers to proxy to, e.g. origins = ["http://127.0.0.1:9000"], '
+            "or describe them in [[site.pool]] tables",
         )
-    return t.attempt(t.field("origin_server_name"), lambda: normalize_hostname(text, allow_wildcard=False))
+    _check_sticky_cookie_names(t, pools)
+    return pools, written
+
+
+def _check_sticky_cookie_names(t: _Table, pools: list[_Pool]) -> None:
+    """Two sticky pools of a site sharing a cookie name would overwrite each other's pin on every response."""
+    owners: dict[str, str] = {}
+    for pool in pools:
+        sticky = pool.config.sticky
+        if sticky is None:
+            continue
+        other = owners.setdefault(sticky.cookie, pool.config.name)
+        if other != pool.config.name:
+            t.at(
+                f"{pool.where}.sticky",
+                f"uses the cookie {sticky.cookie!r} like pool {other!r}: each would overwrite the other's pin; "
+                f'give one its own name, e.g. sticky = {{ cookie = "srv_{pool.config.name}" }}',
+            )
+
+
+def _pool(p: _Table, name: str, defaults: _TlsDefaults, *, shorthand: bool) -> _Pool:
+    """One pool; for the shorthand, ``p`` is the site's table and everything but the servers comes from the site."""
+    servers_key = "origins" if shorthand else "servers"
+    entries = _shorthand_entries(p) if shorthand else _server_entries(p)
+    mode = _pool_mode(p, servers_key, entries, not shorthand and "origin_tls" in p.data, defaults)
+    servers = _pool_servers(p, servers_key, entries, mode)
+    tls, inherits = _pool_tls(p, mode, defaults, declared=not shorthand)
+    _warn_unverifiable_ip_origins(p, mode, servers, tls["origin_server_name"])
+    settings = {} if shorthand else _pool_settings(p, servers)
+    config = PoolConfig(name=name, servers=servers, origin_tls=mode, **_given(**tls, **settings))
+    return _Pool(p.field(servers_key) if shorthand else p.prefix, config, inherits)
+
+
+def _shorthand_entries(t: _Table) -> list[_ServerEntry]:
+    items = t.strings("origins")
+    if items == [] and t.data["origins"] == []:
+        t.problem("origins", 'is empty; list at least one server, e.g. origins = ["http://127.0.0.1:9000"]')
+    entries = []
+    for where, text in items or []:
+        address = t.attempt(where, lambda text=text: parse_origin(text))
+        if address is not None:
+            entries.append(_ServerEntry(where, address, {}))
+    return entries
+
+
+def _server_entries(p: _Table) -> list[_ServerEntry]:
+    """A pool's servers: origin strings, or tables with an address and balancing settings."""
+    if not p.require("servers", 'list the pool\'s servers, e.g. servers = ["http://127.0.0.1:9001"]'):
+        return []
+    raw = p.data["servers"]
+    if not isinstance(raw, list):
+        p.problem(
+            "servers", f'must be an array of origins or {{ address = "...", weight = 2 }} tables, not {describe(raw)}'
+        )
+        return []
+    if not raw:
+        p.problem("servers", 'is empty; list at least one server, e.g. servers = ["http://127.0.0.1:9001"]')
+    entries = []
+    for index, item in enumerate(raw):
+        where = f"{p.field('servers')}[{index}]"
+        settings: dict[str, Any] = {}
+        if isinstance(item, str):
+            text: str | None = item
+        elif isinstance(item, dict):
+            s = p.child(item, where, _POOL_SERVER_KEYS)
+            s.require("address", 'give the server\'s origin, e.g. address = "http://127.0.0.1:9001"')
+            text, where = s.string("address"), s.field("address")
+            settings = _given(**{key: read(s, key) for key, read in _POOL_SERVER.items()})
+        else:
+            p.at(where, f'must be an origin string or a table {{ address = "...", weight = 2 }}, not {describe(item)}')
+            continue
+        address = p.attempt(where, lambda text=text: parse_origin(text)) if text is not None else None
+        if address is not None:
+            entries.append(_ServerEntry(where, address, settings))
+    return entries
+
+
+def _pool_servers(p: _Table, servers_key: str, entries: list[_ServerEntry], mode: OriginTls) -> tuple[PoolServer, ...]:
+    """The servers with their scheme and port decided; a server listed twice in a pool is a problem."""
+    default_scheme: Literal["http", "https"] = "http" if mode == "flexible" else "https"
+    servers: list[PoolServer] = []
+    for entry in entries:
+        scheme = entry.address.scheme or default_scheme
+        port = entry.address.port or (443 if scheme == "https" else 80)
+        origin = Origin(scheme=scheme, host=entry.address.host, port=port)
+        if any(server.origin == origin for server in servers):
+            p.at(entry.where, f"'{origin}' is listed twice; remove one")
+            continue
+        servers.append(PoolServer(origin=origin, **entry.settings))
+    primaries = [server for server in servers if not server.backup]
+    if servers and not primaries:
+        p.problem(
+            servers_key,
+            "every server is a backup, and backups only stand in when no primary server is up; "
+            "make at least one server a primary (backup = false)",
+        )
+    elif primaries == servers and all(server.drain for server in servers):
+        p.warn(
+            servers_key,
+            "every server drains (drain = true) and there is no backup, so only clients pinned by the sticky cookie "
+            "are served and new clients get 503; set drain = false on at least one server",
+        )
+    return tuple(servers)
+
+
+def _pool_settings(p: _Table, servers: tuple[PoolServer, ...]) -> dict[str, Any]:
+    """Balancing, stickiness, health and retry settings of a declared pool, as PoolConfig fields."""
+    settings = {key: read(p, key) for key, read in _POOL.items()}
+    balance = settings["balance"] if "balance" in p.data else "round_robin"
+    settings.update(_hashing(p, balance))
+    settings.update(sticky=_sticky(p), health=_health(p), outlier=_outlier(p))
+    if settings["sticky"] is not None and balance == "hash":
+        p.warn(
+            "sticky",
+            "is redundant with balance = 'hash', which already keeps a key on one server; with both, the cookie "
+            "overrides the hash for returning clients: remove sticky or choose another balance",
+        )
+    if settings["retries"] and len(servers) == 1:
+        p.warn(
+            "retries",
+            "each retry goes to another server and this pool has only one, so no retry can happen; "
+            "add servers or remove retries",
+        )
+    return settings
+
+
+def _hashing(p: _Table, balance: str | None) -> dict[str, Any]:
+    """hash_on and hash_method, which only mean something for balance = "hash"."""
+    for key in ("hash_on", "hash_method"):
+        if key in p.data and balance is not None and balance != "hash":
+            reason = f"only applies with balance = 'hash' (this pool uses {balance!r})"
+            p.problem(key, f"{reason}; remove it or set balance = 'hash'")
+    source = p.parsed("hash_on", parse_hash_on)
+    return _given(
+        hash_on=source[0] if source else None,
+        hash_key=source[1] if source else None,
+        hash_method=p.choice("hash_method", _HASH_METHODS),
+    )
+
+
+_STICKY: dict[str, Callable[[_Table, str], Any]] = {
+    "cookie": lambda t, k: t.parsed(k, parse_cookie_name),
+    "max_age": _Table.duration,
+}
+
+
+def _sticky(p: _Table) -> StickySessions | None:
+    value = p.data.get("sticky")
+    if value is None or value is False:
+        return None
+    if value is True:
+        return StickySessions()
+    if not isinstance(value, dict):
+        p.problem(
+            "sticky", f'must be true, false or a table {{ cookie = "srv", max_age = "1h" }}, not {describe(value)}'
+        )
+        return None
+    s = p.child(value, p.field("sticky"), _STICKY)
+    return StickySessions(**_given(**{key: read(s, key) for key, read in _STICKY.items()}))
+
+
+_HEALTH: dict[str, Callable[[_Table, str], Any]] = {
+    "path": lambda t, k: t.parsed(k, lambda text: parse_request_path(text, query=True)),
+    "interval": _Table.duration,
+    "timeout": _Table.duration,
+    "status": lambda t, k: t.attempt(t.field(k), lambda: parse_status_range(t.data[k])) if k in t.data else None,
+    "body": _Table.string,
+    "rise": lambda t, k: t.integer(k, 1, 100),
+    "fall": lambda t, k: t.integer(k, 1, 100),
+    "host": lambda t, k: t.parsed(k, parse_host_header),
+}
+
+
+def _health(p: _Table) -> HealthCheck | None:
+    """Active checks; a timeout that is not shorter than the interval is a problem, since checks would overlap."""
+    raw = p.table("health")
+    if raw is None:
+        return None
+    h = p.child(raw, p.field("health"), _HEALTH)
+    check = HealthCheck(**_given(**{key: read(h, key) for key, read in _HEALTH.items()}))
+    if check.timeout >= check.interval:
+        h.problem(
+            "timeout" if "timeout" in h.data else "interval",
+            f"timeout ({check.timeout:g}s) must be shorter than interval ({check.interval:g}s), so a check ends "
+            "before the next one starts; lower timeout or raise interval",
+        )
+    return check
+
+
+_OUTLIER: dict[str, Callable[[_Table, str], Any]] = {
+    "consecutive_failures": lambda t, k: t.integer(k, 0),
+    "base_ejection": _Table.duration,
+    "max_ejection": _Table.duration,
+}
+
+
+def _outlier(p: _Table) -> OutlierDetection | None:
+    raw = p.table("outlier")
+    if raw is None:
+        return None
+    o = p.child(raw, p.field("outlier"), _OUTLIER)
+    outlier = OutlierDetection(**_given(**{key: read(o, key) for key, read in _OUTLIER.items()}))
+    if outlier.base_ejection > outlier.max_ejection:
+        o.problem(
+            "max_ejection" if "max_ejection" in o.data else "base_ejection",
+            f"max_ejection ({outlier.max_ejection:g}s) is shorter than base_ejection ({outlier.base_ejection:g}s); "
+            "ejections last from base_ejection up to max_ejection: raise max_ejection or lower base_ejection",
+        )
+    return outlier
+
+
+# --- routes -----------------------------------------------------------------------------------------------------------
+
+# Fields that frame the message or belong to one hop: the edge sets them itself, and an edit could smuggle requests.
+_UNEDITABLE_HEADERS = frozenset(
+    {"connection", "content-length", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"}
+)
+_PATH_MATCHERS = ("path", "path_prefix", "path_regex")
+
+
+def _routes(t: _Table, pool_names: list[str], written: set[str]) -> list[tuple[str, RouteConfig]]:
+    """The site's routing rules as (field, rule), in order."""
+    routes = []
+    for index, item in t.tables("route", "[[site.route]]"):
+        r = t.child(item, f"{t.prefix}.route[{index}]", _ROUTE_KEYS)
+        routes.append((r.prefix, _route(r, pool_names, written)))
+    return routes
+
+
+def _route(r: _Table, pool_names: list[str], written: set[str]) -> RouteConfig:
+    matchers = [key for key in _PATH_MATCHERS if key in r.data]
+    if len(matchers) > 1:
+        r.at(
+            r.prefix,
+            f"sets {' and '.join(matchers)}; a route matches the path in one way: keep one of them "
+            "(or write one route for each)",
+        )
+    return RouteConfig(
+        pool=_route_pool(r, pool_names, written) or "",
+        **_given(
+            path=r.parsed("path", parse_request_path),
+            path_prefix=r.parsed("path_prefix", parse_request_path),
+            path_regex=r.parsed("path_regex", _path_regex),
+            methods=_methods(r),
+            headers=_header_conditions(r),
+            host=r.parsed("host", parse_host_header),
+            prefix_rewrite=_prefix_rewrite(r),
+            request_headers=_header_edits(r, "request_headers", request=True),
+            response_headers=_header_edits(r, "response_headers", request=False),
+        ),
+    )
+
+
+def _route_pool(r: _Table, pool_names: list[str], written: set[str]) -> str | None:
+    if not r.require("pool", 'name the pool that serves the requests this route matches, e.g. pool = "api"'):
+        return None
+    name = r.string("pool")
+    if name is None or name in pool_names or name in written:
+        return name
+    known = ", ".join(repr(n) for n in pool_names) or "none"
+    r.problem("pool", f"no pool of this site is named {name!r}{suggest(name, pool_names)}; its pools are: {known}")
+    return None
+
+
+def _path_regex(text: str) -> str:
+    """A regular expression searched in the raw request path, which the data plane matches as bytes."""
+    try:
+        re.compile(text.encode())
+    except re.error as exc:
+        raise ValueError(f"{text!r} is not a valid regular expression: {exc}; fix it (Python re syntax)") from None
+    return text
+
+
+def _methods(r: _Table) -> tuple[str, ...] | None:
+    items = r.strings("methods")
+    if items is None:
+        return None
+    if not items and r.data["methods"] == []:
+        r.problem("methods", "is empty; list methods such as ['GET', 'HEAD'], or remove the key to match every method")
+    methods = [r.attempt(where, lambda text=text: parse_method(text)) for where, text in items]
+    return tuple(dict.fromkeys(method for method in methods if method is not None))
+
+
+def _header_conditions(r: _Table) -> tuple[tuple[str, str | None], ...] | None:
+    """``headers = { "X-Beta" = "1", "X-Debug" = true }``: exact values, or true for "present"."""
+    raw = r.table("headers")
+    if raw is None:
+        return None
+    conditions: dict[str, str | None] = {}
+    for name, value in raw.items():
+        where = f"{r.field('headers')}.{name}"
+        lower = r.attempt(where, lambda name=name: parse_header_name(name))
+        if value is True:
+            expected = None
+        elif isinstance(value, str):
+            expected = r.attempt(where, lambda value=value: parse_header_value(value))
+            if expected is None:
+                continue
+        else:
+            r.at(where, f"must be a string (the exact value) or true (the header is present), not {describe(value)}")
+            continue
+        if lower is None:
+            continue
+        if lower in conditions:
+            r.at(where, f"tests the header {lower!r} a second time (names are case-insensitive); keep one")
+            continue
+        conditions[lower] = expected
+    return tuple(conditions.items())
+
+
+def _prefix_rewrite(r: _Table) -> str | None:
+    value = r.string("prefix_rewrite", allow_empty=True)
+    if value is None:
+        return None
+    if "path_prefix" not in r.data:
+        r.problem(
+            "prefix_rewrite",
+            "needs path_prefix: it replaces the matched prefix; add path_prefix or remove prefix_rewrite",
+        )
+    if value == "":
+        return value
+    if not value.startswith("/"):
+        r.problem("prefix_rewrite", f"{value!r} does not start with '/'; write a path such as '/v2/', or '' to strip")
+        return None
+    return r.attempt(r.field("prefix_rewrite"), lambda: parse_request_path(value))
+
+
+def _header_edits(r: _Table, key: str, *, request: bool) -> HeaderEdits | None:
+    """Header changes applied to what is sent on: remove, then set (replacing), then add (appending)."""
+    raw = r.table(key)
+    if raw is None:
+        return None
+    e = r.child(raw, r.field(key), _HEADER_EDIT_KEYS)
+    remove = [
+        name
+        for where, text in e.strings("remove") or []
+        if (name := e.attempt(where, lambda text=text: parse_header_name(text))) and _editable(e, where, name, request)
+    ]
+    return HeaderEdits(
+        **_given(
+            remove=tuple(dict.fromkeys(remove)) if remove else None,
+            set=_header_values(e, "set", request, unique=True),
+            add=_header_values(e, "add", request, unique=False),
+        )
+    )
+
+
+def _header_values(e: _Table, key: str, request: bool, *, unique: bool) -> tuple[tuple[str, str], ...] | None:
+    raw = e.table(key)
+    if raw is None:
+        return None
+    values: list[tuple[str, str]] = []
+    for name, value in raw.items():
+        where = f"{e.field(key)}.{name}"
+        lower = e.attempt(where, lambda name=name: parse_header_name(name))
+        if not isinstance(value, str):
+            e.at(where, f"must be a string (the header's value), not {describe(value)}")
+            continue
+        text = e.attempt(where, lambda value=value: parse_header_value(value))
+        if lower is None or text is None or not _editable(e, where, lower, request):
+            continue
+        if unique and any(lower == other for other, _ in values):
+            e.at(where, f"sets the header {lower!r} a second time (names are case-insensitive); keep one")
+            continue
+        values.append((lower, text))
+    return tuple(values)
+
+
+def _editable(t: _Table, where: str, name: str, request: bool) -> bool:
+    if name in _UNEDITABLE_HEADERS:
+        t.at(where, f"{name!r} cannot be edited: the edge sets it itself (it frames the message or is hop-by-hop)")
+        return False
+    if request and name == "host":
+        t.at(where, 'the Host sent to the origin is set with the route\'s host key (host = "api.internal"); use that')
+        return False
+    return True
+
+
+def _matches_everything(route: RouteConfig) -> bool:
+    paths_all = route.path is None and route.path_regex is None and route.path_prefix in (None, "/")
+    return paths_all and not route.methods and not route.headers
+
+
+def _check_routes_reach_pools(t: _Table, pools: list[_Pool], routes: list[tuple[str, RouteConfig]]) -> None:
+    """Warn about routes that can never match (after a catch-all) and pools no request can reach."""
+    if not pools or (not routes and len(pools) == 1):
+        return
+    catch_all: str | None = None
+    used: set[str] = set()
+    for where, route in routes:
+        if catch_all is not None:
+            t.at(
+                where,
+                f"never matches: {catch_all} before it matches every request; move it before {catch_all} or remove it",
+                warning=True,
+            )
+            continue
+        used.add(route.pool)
+        if _matches_everything(route):
+            catch_all = where
+    first = pools[0].config.name
+    if catch_all is None:
+        used.add(first)  # requests no route matches go to the first pool
+    for pool in pools:
+        if pool.config.name and pool.config.name not in used:
+            fallback = f"{catch_all} matches every request" if catch_all else f"unmatched requests go to {first!r}"
+            t.at(
+                pool.where,
+                f"no request reaches this pool: no route sends requests to it and {fallback}; add a [[site.route]] "
+                f"with pool = {pool.config.name!r}, or remove the pool",
+                warning=True,
+            )
+
+
+# --- [site.origin] ----------------------------------------------------------------------------------------------------
 
 
 _ORIGIN: dict[str, Callable[[_Table, str], Any]] = {
@@ -718,6 +1380,7 @@ _ORIGIN: dict[str, Callable[[_Table, str], Any]] = {
     "idle_timeout": _Table.duration,
     "max_idle": lambda t, k: t.integer(k, 0),
     "max_connections": lambda t, k: t.integer(k, 0),
+    "tunnel_timeout": _Table.duration,
 }
 
 

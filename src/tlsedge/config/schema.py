@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Literal
 
 OriginTls = Literal["flexible", "full", "strict"]
+Balance = Literal["round_robin", "least_requests", "power_of_two", "hash"]
+HashMethod = Literal["ring", "maglev"]
+HashSource = Literal["client_ip", "header", "cookie", "uri"]
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -91,24 +94,136 @@ class OriginTimeouts:
     read_timeout: float = 60.0  # max silence while reading a response body; connection closed
     idle_timeout: float = 30.0  # idle pooled connection to an origin is closed after this
     max_idle: int = 64  # idle keep-alive connections kept per origin server
-    max_connections: int = 0  # per origin server and worker; 0 = unlimited; over it -> 503
+    max_connections: int = 0  # per origin server and worker; 0 = unlimited; over it -> queued, then 503
+    tunnel_timeout: float = 300.0  # max silence in both directions of an upgraded (WebSocket) connection
+
+
+@dataclass(frozen=True, slots=True)
+class PoolServer:
+    """One server of a pool, with its balancing settings."""
+
+    origin: Origin
+    weight: int = 1  # 1..1000: share of requests relative to the other servers of the pool
+    max_connections: int | None = None  # per worker; None = the site's [origin].max_connections
+    backup: bool = False  # used only when no primary server is up
+    drain: bool = False  # no new clients: only requests pinned to it by the sticky cookie
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """Active health check of every server of a pool (run once per edge by the control side)."""
+
+    path: str = "/"  # request target, starts with "/"
+    interval: float = 5.0
+    timeout: float = 2.0  # connect + TLS + response head (+ body when `body` is set)
+    status: tuple[int, int] = (200, 399)  # inclusive range of healthy statuses
+    body: str | None = None  # substring the first 64 KiB of the body must contain
+    rise: int = 2  # consecutive successes that mark a down server up
+    fall: int = 3  # consecutive failures that mark an up server down
+    host: str | None = None  # Host header of the check; None = the site's first exact host name
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    """Passive health: servers that fail real requests are ejected for a growing period."""
+
+    consecutive_failures: int = 5  # connect failures, resets, timeouts and 5xx in a row; 0 disables
+    base_ejection: float = 10.0  # first ejection; the n-th lasts n times as long
+    max_ejection: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class StickySessions:
+    """An edge-set, HMAC-signed cookie pins a client to a server while that server is up."""
+
+    cookie: str = "tlsedge_srv"
+    max_age: float | None = None  # None: a session cookie
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    """A named group of origin servers of a site, with how to balance over them and how to talk to them."""
+
+    name: str
+    servers: tuple[PoolServer, ...]
+    origin_tls: OriginTls
+    origin_ca: Path | None = None  # strict: extra trust anchors (PEM bundle) besides the system roots
+    origin_server_name: str | None = None  # SNI and verified name; default: each server's host
+    client_certificate: CertificateFiles | None = None  # authenticated origin pulls: the edge's certificate
+    balance: Balance = "round_robin"
+    hash_on: HashSource = "client_ip"  # only for balance = "hash"
+    hash_key: str | None = None  # header name (lower-case) or cookie name for hash_on header/cookie
+    hash_method: HashMethod = "ring"
+    sticky: StickySessions | None = None
+    health: HealthCheck | None = None
+    outlier: OutlierDetection = field(default_factory=OutlierDetection)
+    slow_start: float = 10.0  # a server coming back ramps its weight up over this; 0 disables
+    retries: int = 2  # extra attempts per request, each on another server
+    retry_budget: float = 0.2  # retries may add at most this fraction of extra requests (plus a small burst)
+    retry_timeout: float = 10.0  # no new attempt starts later than this after the first one
+    queue_timeout: float = 5.0  # how long a request waits when every server is at max_connections; then 503
+
+    @property
+    def origins(self) -> tuple[Origin, ...]:
+        return tuple(server.origin for server in self.servers)
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderEdits:
+    """Header changes on a request or a response: remove, then set (replace), then add (append)."""
+
+    remove: tuple[str, ...] = ()  # lower-case names
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.remove or self.set or self.add)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    """A routing rule of a site; the first rule that matches a request picks its pool and its rewrites."""
+
+    pool: str
+    path: str | None = None  # exact path (query string excluded)
+    path_prefix: str | None = None
+    path_regex: str | None = None  # Python regular expression searched in the path
+    methods: tuple[str, ...] = ()  # upper-case; empty = any method
+    headers: tuple[tuple[str, str | None], ...] = ()  # (lower-case name, exact value or None = present)
+    host: str | None = None  # Host header sent to the origin instead of the client's
+    prefix_rewrite: str | None = None  # replaces the matched path_prefix ("" strips it)
+    request_headers: HeaderEdits = field(default_factory=HeaderEdits)
+    response_headers: HeaderEdits = field(default_factory=HeaderEdits)
 
 
 @dataclass(frozen=True, slots=True)
 class SiteConfig:
-    """One ``[[site]]``: the names it answers for, its certificates and its origins."""
+    """One ``[[site]]``: the names it answers for, its certificates, its origin pools and routes."""
 
     name: str
     hosts: tuple[str, ...]  # lower-case; exact names or "*.example.com" (one label)
     certificates: tuple[CertificateFiles, ...]  # empty: plain-HTTP-only site
-    origins: tuple[Origin, ...]
-    origin_tls: OriginTls
-    origin_ca: Path | None = None  # strict: extra trust anchors (PEM bundle) besides the system roots
-    origin_server_name: str | None = None  # SNI and verified name towards origins; default: origin host
+    pools: tuple[PoolConfig, ...]  # the first one is the default pool (``origins`` makes one named "default")
+    origin_tls: OriginTls  # the default of the site's pools
+    routes: tuple[RouteConfig, ...] = ()
+    origin_ca: Path | None = None  # default of the site's pools
+    origin_server_name: str | None = None  # default of the site's pools
+    origin_client_certificate: CertificateFiles | None = None  # default of the site's pools
     redirect_http: bool = True  # http listener answers 308 to https (only for sites with certificates)
     hsts: str | None = None  # value of Strict-Transport-Security added to https responses
     max_body_size: int = 100 * 1024 * 1024  # request body limit; over it -> 413; 0 = unlimited
     origin: OriginTimeouts = field(default_factory=OriginTimeouts)
+
+    @property
+    def origins(self) -> tuple[Origin, ...]:
+        """Every origin server of the site, in pool order (a server in several pools appears once)."""
+        return tuple(dict.fromkeys(o for pool in self.pools for o in pool.origins))
+
+    def pool(self, name: str) -> PoolConfig:
+        for pool in self.pools:
+            if pool.name == name:
+                return pool
+        raise KeyError(name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""Pure parsers for the value syntaxes of the configuration file: durations, sizes, addresses, host names, origins.
+"""Pure parsers for the value syntaxes of the configuration file: durations, sizes, addresses, host names, origins,
+header fields, paths and the pool settings written as strings.
 
 They take one value and return the parsed form or raise ``ValueError`` whose message is a complete reason for the
 operator (what is wrong and what to write instead). The loader adds the file, the site and the field. Keeping them
@@ -15,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from .schema import Listener
+from .schema import HashSource, Listener
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([a-z]*)$")
@@ -28,6 +29,17 @@ _SIZE_HELP = "write a number of bytes (32768) or a string with a unit: '512B', '
 
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", re.DOTALL)
+
+# RFC 9110 section 5.6.2: a token (header names, methods; RFC 6265 cookie names are tokens too).
+_TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# Controls other than HTAB: CR and LF would start a new header line, NUL truncates in some origins.
+_FIELD_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# What may appear in a request path and query as clients send them (RFC 3986 pchar, "/" and "?", escapes as %XX).
+_PCHARS = r"A-Za-z0-9\-._~!$&'()*+,;=:@/%"
+_PATH_RE = re.compile(rf"^/[{_PCHARS}]*$")
+_QUERY_RE = re.compile(rf"^[{_PCHARS}?]*$")
+_STATUS_RANGE_RE = re.compile(r"^(\d{3})\s*(?:-\s*(\d{3}))?$")
+_HASH_SOURCES = ("client_ip", "uri", "header:<name>", "cookie:<name>")
 
 
 def describe(value: object) -> str:
@@ -53,8 +65,12 @@ def suggest(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def parse_duration(value: object) -> float:
-    """A positive duration in seconds, from a number of seconds or a string such as "250ms", "30s", "5m", "1h"."""
+def parse_duration(value: object, *, allow_zero: bool = False) -> float:
+    """A positive duration in seconds, from a number of seconds or a string such as "250ms", "30s", "5m", "1h".
+
+    ``allow_zero`` admits 0 for settings where zero means "off" (slow start), and only there: elsewhere a zero timeout
+    would fail every request at once, which is never what the operator meant.
+    """
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError(f"must be a duration, not {describe(value)}; {_DURATION_HELP}")
     if isinstance(value, str):
@@ -68,8 +84,11 @@ def parse_duration(value: object) -> float:
         seconds = float(match[1]) * _DURATION_UNITS[match[2]]
     else:
         seconds = float(value)
+    if allow_zero and seconds == 0:
+        return 0.0
     if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"must be greater than zero, not {value!r}; {_DURATION_HELP}")
+        floor = "zero or more (0 turns it off)" if allow_zero else "greater than zero"
+        raise ValueError(f"must be {floor}, not {value!r}; {_DURATION_HELP}")
     return seconds
 
 
@@ -283,3 +302,122 @@ def _origin_host(host: str, bracketed: bool, text: str) -> str:
         return normalize_hostname(host, allow_wildcard=False)
     except ValueError as exc:
         raise ValueError(f"{text!r}: origin host is not an IP address or a valid DNS name: {exc}") from None
+
+
+def parse_host_header(text: str) -> str:
+    """A Host header value sent to an origin: a DNS name or an IP address (IPv6 in brackets), optionally ":port"."""
+    example = "'api.internal', 'api.internal:8080' or '[::1]:8080'"
+    host, port, bracketed = _split_host_port(text, example)
+    if port is not None:
+        parse_port(port)
+    if bracketed:
+        try:
+            host = f"[{ipaddress.IPv6Address(host)}]"
+        except ValueError:
+            raise ValueError(f"{text!r}: {host!r} in brackets is not an IPv6 address") from None
+    elif not is_ip_address(host):
+        try:
+            host = normalize_hostname(host, allow_wildcard=False)
+        except ValueError as exc:
+            raise ValueError(f"not a host name or IP address ({exc}); write e.g. {example}") from None
+    return host if port is None else f"{host}:{port}"
+
+
+def is_token(text: str) -> bool:
+    """Whether ``text`` is an RFC 9110 token: the syntax of header names, methods and cookie names."""
+    return bool(_TOKEN_RE.match(text))
+
+
+def parse_header_name(text: str) -> str:
+    """A header name (an RFC 9110 token), lower-cased: names are compared case-insensitively."""
+    if not is_token(text):
+        raise ValueError(
+            f"{text!r} is not a header name; use letters, digits and !#$%&'*+-.^_`|~ (no spaces or colons)"
+        )
+    return text.lower()
+
+
+def parse_header_value(text: str) -> str:
+    """A header value as sent: any text without control characters (tab excepted) or surrounding spaces.
+
+    CR and LF would let a value start a new header line (header injection); spaces around a value are dropped by
+    every recipient (RFC 9110 section 5.5), so a value compared or sent with them would not be what it looks like.
+    """
+    if _FIELD_CONTROL_RE.search(text):
+        raise ValueError(
+            f"{text!r} contains a control character (CR, LF, NUL...); header values are one line of text: remove it"
+        )
+    if text != text.strip(" \t"):
+        raise ValueError(f"{text!r} starts or ends with whitespace, which recipients drop; remove it")
+    return text
+
+
+def parse_cookie_name(text: str) -> str:
+    """A cookie name (RFC 6265: a token), kept as written since cookie names are case-sensitive."""
+    if not is_token(text):
+        raise ValueError(
+            f"{text!r} is not a cookie name; use letters, digits and !#$%&'*+-.^_`|~ (no spaces, '=', ';' or ',')"
+        )
+    return text
+
+
+def parse_method(text: str) -> str:
+    """An HTTP method (a token), upper-cased: clients send methods upper-case and they are compared exactly."""
+    if not is_token(text):
+        raise ValueError(f"{text!r} is not an HTTP method; write a method name such as 'GET' or 'POST'")
+    return text.upper()
+
+
+def parse_request_path(text: str, *, query: bool = False) -> str:
+    """A path as clients send it: starting with "/", ASCII, non-ASCII and spaces percent-encoded.
+
+    A configured path that a request can never carry would silently never match, so it is refused here: raw spaces
+    or non-ASCII characters (clients percent-encode them), a query string where only the path is compared, and "."
+    or ".." segments (requests holding them are refused before routing).
+    """
+    path, mark, rest = text.partition("?")
+    if not path.startswith("/"):
+        raise ValueError(f"{text!r} does not start with '/'; write a path such as '/api/'")
+    if mark and not query:
+        raise ValueError(f"{text!r} has a query string; only the path is compared: remove '?{rest}'")
+    if not _PATH_RE.match(path) or not _QUERY_RE.match(rest):
+        raise ValueError(
+            f"{text!r} contains characters requests never carry raw (spaces, non-ASCII, quotes...); write them "
+            "percent-encoded, e.g. '%20' for a space"
+        )
+    if any(segment in (".", "..") for segment in path.split("/")):
+        raise ValueError(f"{text!r} has a '.' or '..' segment; write the path without it")
+    return text
+
+
+def parse_status_range(value: object) -> tuple[int, int]:
+    """An inclusive range of HTTP statuses: an integer (204) or a string "200-399"."""
+    help_text = "write a status (204) or an inclusive range ('200-399'), statuses from 100 to 599"
+    if isinstance(value, int) and not isinstance(value, bool):
+        low = high = value
+    elif isinstance(value, str) and (match := _STATUS_RANGE_RE.match(value.strip())):
+        low, high = int(match[1]), int(match[2] or match[1])
+    else:
+        shown = repr(value) if isinstance(value, str) else describe(value)
+        raise ValueError(f"{shown} is not a status or a status range; {help_text}")
+    if not (100 <= low <= 599 and 100 <= high <= 599):
+        raise ValueError(f"{value!r} is out of range; {help_text}")
+    if low > high:
+        raise ValueError(f"{value!r} is empty: {low} is above {high}; write the lower status first ('{high}-{low}')")
+    return low, high
+
+
+def parse_hash_on(text: str) -> tuple[HashSource, str | None]:
+    """What balance = "hash" hashes: "client_ip", "uri", "header:<name>" (lower-cased) or "cookie:<name>"."""
+    if text == "client_ip":
+        return "client_ip", None
+    if text == "uri":
+        return "uri", None
+    kind, sep, name = text.partition(":")
+    if sep and kind == "header":
+        return "header", parse_header_name(name)
+    if sep and kind == "cookie":
+        return "cookie", parse_cookie_name(name)
+    options = ", ".join(repr(s) for s in _HASH_SOURCES)
+    hint = "" if sep else suggest(text, ("client_ip", "uri"))
+    raise ValueError(f"{text!r} is not one of {options}{hint}; e.g. 'header:X-User' or 'cookie:session'")
