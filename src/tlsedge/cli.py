@@ -1,4 +1,4 @@
-"""Command line: `tlsedge serve | check | demo`."""
+"""Command line: `tlsedge serve | check | status | demo`."""
 
 from __future__ import annotations
 
@@ -50,6 +50,24 @@ def _check(args: argparse.Namespace) -> int:
     return run_check(Path(args.config), sys.stdout)
 
 
+def _status(args: argparse.Namespace) -> int:
+    from tlsedge.control.status import NotRunning, collect_status, print_status
+
+    try:
+        config = load_config(Path(args.config))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 1
+    try:
+        rows = collect_status(config.server.state_dir)
+    except NotRunning as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print_status(rows, sys.stdout, args.json)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from tlsedge.demo.run import run_demo
 
@@ -74,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate a configuration and print every problem")
     check.add_argument("-c", "--config", default="tlsedge.toml", help="configuration file (TOML)")
     check.set_defaults(func=_check)
+
+    status = commands.add_parser("status", help="show every origin server of a running edge: state, load, health")
+    status.add_argument("-c", "--config", default="tlsedge.toml", help="configuration file (TOML)")
+    status.add_argument("--json", action="store_true", help="print the rows as JSON")
+    status.set_defaults(func=_status)
 
     demo = commands.add_parser("demo", help="run a demo edge with two sites in front of demo origins")
     demo.add_argument("--state-dir", default="./state", help="where the demo keeps its CA, certificates, config")
