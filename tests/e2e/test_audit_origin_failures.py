@@ -138,7 +138,7 @@ def test_tls_handshake_that_never_completes_gives_504_after_connect_timeout(make
     assert re.search(r"timed out", edge.error_text()), edge.error_text()[-2000:]
 
 
-def test_origin_max_connections_gives_503_with_retry_after(make_edge, site_certs, raw_origin):
+def test_origin_max_connections_queues_then_503_with_retry_after(make_edge, site_certs, raw_origin):
     def script(conn: socket.socket) -> None:
         head = read_head(conn)
         if b"/hold" in head:
@@ -147,15 +147,21 @@ def test_origin_max_connections_gives_503_with_retry_after(make_edge, site_certs
         time.sleep(0.5)
 
     origin = raw_origin(script)
-    edge = _edge(make_edge, site_certs, origin.url, origin={"max_connections": 1, "response_timeout": "10s"})
+    table = site("blog", BLOG_HOSTS, [], site_certs["blog"], origin={"max_connections": 1, "response_timeout": "10s"})
+    del table["origins"]
+    table["pool"] = [{"name": "main", "servers": [origin.url], "queue_timeout": "500ms"}]
+    edge = make_edge([table])
     holder = edge.conn()
     try:
         holder.send(build_request(target="/hold"))
         wait_for(lambda: origin.accepted >= 1, 5, what="origin connection in use")
         with edge.conn() as c:
+            started = time.monotonic()
             resp = c.request(target="/second")
+            waited = time.monotonic() - started
         assert resp.status == 503
         assert resp.header("retry-after") is not None
+        assert 0.4 <= waited < 2.5  # queued for queue_timeout (the sweep runs every 0.5 s), not answered at once
         assert holder.read_response().status == 200
     finally:
         holder.close()

@@ -10,14 +10,14 @@ import socket
 import ssl
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import uvloop
 
-from tlsedge.config.schema import Config, Origin, ServerConfig, SiteConfig
+from tlsedge.config.schema import Config, Origin, PoolConfig, PoolServer, ServerConfig, SiteConfig
 from tlsedge.pki.local_ca import IssuedCert, LocalCA, self_signed
 from tlsedge.tls.server import TlsSetupError
 from tlsedge.upstream.tls import describe_tls_failure, origin_server_name, origin_ssl_context, origin_ssl_contexts
@@ -100,19 +100,18 @@ def origins(ca: tuple[LocalCA, Path], tmp_path_factory: pytest.TempPathFactory) 
         next(gen, None)
 
 
-def site(mode: str, ca_pem: Path | None = None, server_name: str | None = "origin.example") -> SiteConfig:
-    return SiteConfig(
-        "blog",
-        ("blog.example",),
-        (),
-        (Origin("https", "127.0.0.1", 1),),
+def site(mode: str, ca_pem: Path | None = None, server_name: str | None = "origin.example") -> PoolConfig:
+    """A pool with one origin server in the given mode (the TLS settings live on pools)."""
+    return PoolConfig(
+        "default",
+        (PoolServer(Origin("https", "127.0.0.1", 1)),),
         mode,  # type: ignore[arg-type]
         origin_ca=ca_pem,
         origin_server_name=server_name,
     )
 
 
-def connect(site_config: SiteConfig, port: int) -> str:
+def connect(site_config: PoolConfig, port: int) -> str:
     """Connect as the edge does; return "ok" or the described failure."""
     origin = Origin("https", "127.0.0.1", port)
     ctx = origin_ssl_context(site_config)
@@ -204,18 +203,21 @@ def test_context_settings() -> None:
 
 def test_unusable_origin_ca(tmp_path: Path) -> None:
     (tmp_path / "bad.pem").write_text("not a certificate")
-    sites = (
-        replace(site("strict", tmp_path / "missing.pem"), name="a"),
-        replace(site("strict", tmp_path / "bad.pem"), name="b"),
-        site("full"),
+    sites = tuple(
+        SiteConfig(name, (f"{name}.example",), (), (pool,), pool.origin_tls)
+        for name, pool in (
+            ("a", site("strict", tmp_path / "missing.pem")),
+            ("b", site("strict", tmp_path / "bad.pem")),
+            ("c", site("full")),
+        )
     )
     config = Config(tmp_path / "tlsedge.toml", ServerConfig(tmp_path, 1, (), ()), sites)
     with pytest.raises(TlsSetupError) as info:
         origin_ssl_contexts(config)
     problems = info.value.problems
     assert [(p.site, p.field, p.file) for p in problems] == [
-        ("a", "site[a].origin_ca", config.path),
-        ("b", "site[b].origin_ca", config.path),
+        ("a", "site[a].pool[default].origin_ca", config.path),
+        ("b", "site[b].pool[default].origin_ca", config.path),
     ]
     assert "missing.pem" in problems[0].reason and "No such file" in problems[0].reason
     assert "bad.pem" in problems[1].reason

@@ -9,7 +9,15 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from tls_helpers import Certs, make_config
 
-from tlsedge.config.schema import CertificateFiles, Config, Origin, ServerConfig, SiteConfig
+from tlsedge.config.schema import (
+    CertificateFiles,
+    Config,
+    Origin,
+    PoolConfig,
+    PoolServer,
+    ServerConfig,
+    SiteConfig,
+)
 from tlsedge.pki.local_ca import LocalCA
 from tlsedge.tls.server import build_tls_table, host_matches
 
@@ -17,7 +25,8 @@ KEYS = os.urandom(80)
 
 
 def one_site_config(tmp_path: Path, *certificates: CertificateFiles) -> Config:
-    site = SiteConfig("shop", ("shop.example",), certificates, (Origin("http", "127.0.0.1", 9),), "flexible")
+    pools = (PoolConfig("default", (PoolServer(Origin("http", "127.0.0.1", 9)),), "flexible"),)
+    site = SiteConfig("shop", ("shop.example",), certificates, pools, "flexible")
     server = ServerConfig(state_dir=tmp_path, workers=1, https=(), http=(), default_site=None)
     return Config(path=tmp_path / "tlsedge.toml", server=server, sites=(site,))
 
@@ -100,7 +109,7 @@ def test_every_problem_is_reported(tmp_path: Path, certs: Certs) -> None:
             s.name,
             s.hosts,
             tuple(CertificateFiles(c.cert, tmp_path / f"{s.name}.missing") for c in s.certificates),
-            s.origins,
+            s.pools,
             s.origin_tls,
         )
         for s in config.sites

@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tlsedge.config.schema import CertificateFiles, Config, Origin, ServerConfig, SiteConfig
+from tlsedge.config.schema import CertificateFiles, Config, Origin, PoolConfig, PoolServer, ServerConfig, SiteConfig
 
 SERVE = Path(__file__).with_name("serve_tls.py")
 
@@ -23,7 +23,7 @@ class Certs:
 
 def make_config(state_dir: Path, certs: Certs, default_site: str | None) -> Config:
     """Sites: blog (ECDSA + RSA, exact + wildcard), api (ECDSA), plain (no certificate)."""
-    origin = Origin("http", "127.0.0.1", 9)
+    origin = (PoolConfig("default", (PoolServer(Origin("http", "127.0.0.1", 9)),), "flexible"),)
     sites = (
         SiteConfig(
             "blog", ("blog.example", "*.blog.example"), (certs.blog_ecdsa, certs.blog_rsa), (origin,), "flexible"

@@ -59,3 +59,9 @@ class ListenerSet:
         keep = {(listener, True) for listener in https} | {(listener, False) for listener in http}
         for key in [k for k in self.sockets if k not in keep]:
             self.sockets.pop(key).close()
+
+    def close_all(self) -> None:
+        """Close every socket: in a forked child that serves no clients (the health monitor)."""
+        for sock in self.sockets.values():
+            sock.close()
+        self.sockets.clear()

@@ -16,9 +16,14 @@ from pathlib import Path
 from tlsedge.config import ConfigError, load_config
 from tlsedge.config.schema import Config
 from tlsedge.control.listeners import ListenerSet
+from tlsedge.control.monitor import run_monitor
 from tlsedge.edge.worker import RETIRE_SIGNAL, run_worker
+from tlsedge.pipeline.site import UpstreamSetup
 from tlsedge.tls.server import TlsSetupError, TlsTable, build_tls_table
 from tlsedge.tls.tickets import load_or_create_ticket_keys
+from tlsedge.upstream.shared import SharedHealth, carry_over, health_slots
+from tlsedge.upstream.sticky import load_or_create_sticky_key
+from tlsedge.upstream.tls import origin_server_name, origin_ssl_contexts
 
 log = logging.getLogger("tlsedge.control")
 
@@ -27,16 +32,19 @@ _KILL_GRACE = 5.0
 _RESPAWN_FIRST = 0.1  # seconds before restarting a crashed worker; doubles per crash within _CRASH_WINDOW
 _RESPAWN_MAX = 30.0
 _CRASH_WINDOW = 60.0
+_MONITOR_RESPAWN = 2.0  # seconds before restarting a crashed health monitor (workers keep its last verdicts)
 
 
 class Generation:
-    """The workers started from one configuration."""
+    """The workers (and the health monitor, if any pool is checked) started from one configuration."""
 
-    def __init__(self, config: Config, tls: TlsTable | None, sockets: list) -> None:
+    def __init__(self, config: Config, tls: TlsTable | None, sockets: list, upstream: UpstreamSetup) -> None:
         self.config = config
         self.tls = tls
         self.sockets = sockets
+        self.upstream = upstream
         self.pids: set[int] = set()
+        self.monitor: int | None = None
 
 
 class Supervisor:
@@ -54,6 +62,7 @@ class Supervisor:
         self.respawn_at = 0.0
         self.crashes = 0
         self.last_crash = 0.0
+        self.monitor_respawn_at = 0.0
 
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
@@ -69,6 +78,8 @@ class Supervisor:
             wait = 1.0
             if self.respawns:
                 wait = max(0.0, min(wait, self.respawn_at - time.monotonic()))
+            if self.monitor_respawn_at:
+                wait = max(0.0, min(wait, self.monitor_respawn_at - time.monotonic()))
             info = signal.sigtimedwait(_SIGNALS, wait)
             self._reap()
             self._respawn_due()
@@ -86,11 +97,37 @@ class Supervisor:
         if config.server.https:
             keys = load_or_create_ticket_keys(config.server.state_dir)
             tls = build_tls_table(config, keys)
-        return Generation(config, tls, sockets)
+        return Generation(config, tls, sockets, _upstream_setup(config))
 
     def _spawn_all(self, generation: Generation) -> None:
         for _ in range(generation.config.server.workers):
             self._spawn(generation)
+        if generation.upstream.health is not None:
+            self._spawn_monitor(generation)
+
+    def _spawn_monitor(self, generation: Generation) -> None:
+        """One process per generation runs the active health checks; workers read its verdicts from shared memory."""
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+                # The monitor serves no clients: holding listening sockets would keep removed ports half-open.
+                self.listeners.close_all()
+                config = generation.config
+                contexts = generation.upstream.contexts
+                code = run_monitor(
+                    config,
+                    generation.upstream.health,
+                    lambda site, pool, origin: (
+                        contexts.get((site.name, pool.name)) if origin.tls else None,
+                        origin_server_name(pool, origin),
+                    ),
+                )
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        generation.monitor = pid
 
     def _spawn(self, generation: Generation) -> None:
         pid = os.fork()
@@ -98,7 +135,7 @@ class Supervisor:
             code = 1
             try:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-                code = run_worker(generation.config, generation.sockets, generation.tls)
+                code = run_worker(generation.config, generation.sockets, generation.tls, generation.upstream)
             finally:
                 logging.shutdown()
                 os._exit(code)
@@ -123,13 +160,18 @@ class Supervisor:
             return
         for warning in config.warnings:
             log.warning("%s", warning)
-        self._spawn_all(generation)
         previous = self.current
+        if previous is not None and previous.upstream.health is not None and generation.upstream.health is not None:
+            carry_over(previous.upstream.health, previous.upstream.health_slots, generation.upstream.health,
+                       generation.upstream.health_slots)
+        self._spawn_all(generation)
         self.current = generation
         if previous is not None:
             self.old.append(previous)
             for pid in previous.pids:
                 _signal(pid, RETIRE_SIGNAL)
+            if previous.monitor is not None:
+                _signal(previous.monitor, signal.SIGTERM)
         self.listeners.retain_only(config.server.https, config.server.http)
         log.info("reloaded: %d workers, %d sites", len(generation.pids), len(config.sites))
 
@@ -144,9 +186,20 @@ class Supervisor:
                 return
             for old in self.old:
                 old.pids.discard(pid)
-            self.old = [g for g in self.old if g.pids]
+                if old.monitor == pid:
+                    old.monitor = None
+            for gone in [g for g in self.old if not g.pids and g.monitor is None]:
+                if gone.upstream.health is not None:
+                    gone.upstream.health.close()
+            self.old = [g for g in self.old if g.pids or g.monitor is not None]
             current = self.current
-            if current is not None and pid in current.pids:
+            if current is not None and pid == current.monitor:
+                current.monitor = None
+                if not self.stopping:
+                    log.error("health monitor %d exited unexpectedly (status %d); starting a new one in %.0f s",
+                              pid, status, _MONITOR_RESPAWN)
+                    self.monitor_respawn_at = time.monotonic() + _MONITOR_RESPAWN
+            elif current is not None and pid in current.pids:
                 current.pids.discard(pid)
                 if not self.stopping:
                     self._schedule_respawn(pid, status)
@@ -163,6 +216,11 @@ class Supervisor:
         log.error("worker %d exited unexpectedly (status %d); starting a new one in %.1f s", pid, status, delay)
 
     def _respawn_due(self) -> None:
+        current = self.current
+        if self.monitor_respawn_at and time.monotonic() >= self.monitor_respawn_at and current is not None:
+            self.monitor_respawn_at = 0.0
+            if not self.stopping and current.monitor is None:
+                self._spawn_monitor(current)
         if self.respawns and not self.stopping and time.monotonic() >= self.respawn_at and self.current is not None:
             for _ in range(self.respawns):
                 self._spawn(self.current)
@@ -173,6 +231,7 @@ class Supervisor:
         self.stopping = True
         generations = [g for g in [self.current, *self.old] if g is not None]
         pids = {pid for g in generations for pid in g.pids}
+        pids |= {g.monitor for g in generations if g.monitor is not None}
         log.info("shutting down: draining %d workers", len(pids))
         # Close our copies of the listeners so new connections are refused, not left waiting in a backlog.
         self.listeners.retain_only((), ())
@@ -194,6 +253,21 @@ class Supervisor:
             _signal(pid, signal.SIGKILL)
         log.info("stopped")
         return 0
+
+
+def _upstream_setup(config: Config) -> UpstreamSetup:
+    """Origin-side state made before forking: TLS contexts (checked now, so a bad reload keeps the old config), the
+    shared health table, and the sticky-cookie key."""
+    contexts = origin_ssl_contexts(config)
+    slots = health_slots(config)
+    pools = [pool for site in config.sites for pool in site.pools]
+    sticky_key = load_or_create_sticky_key(config.server.state_dir) if any(p.sticky for p in pools) else b""
+    return UpstreamSetup(
+        contexts=contexts,
+        health=SharedHealth(len(slots)) if slots else None,
+        health_slots=slots,
+        sticky_key=sticky_key,
+    )
 
 
 def _signal(pid: int, signo: int) -> None:

@@ -32,14 +32,23 @@ _TEXT: dict[int, str] = {
 }
 
 
+# Flexible mode against an origin that insists on https: the browser would loop until it gives up.
+REDIRECT_LOOP_TEXT = (
+    "The origin server redirects this page to itself: the edge reaches it over plain HTTP while the origin "
+    "insists on HTTPS, so following the redirect would loop forever. The site's operator must set origin_tls to "
+    "&quot;full&quot; or &quot;strict&quot; for this origin."
+)
+
+
 def error_response(status: int, request_id: str, *, close: bool, head_only: bool = False,
-                   extra: bytes = b"") -> bytes:
-    """A complete HTTP/1.1 error response (head and body) ready to write in one call."""
+                   extra: bytes = b"", text: str | None = None) -> bytes:
+    """A complete HTTP/1.1 error response (head and body) ready to write in one call; `text` replaces the
+    status's standard explanation (it is a fixed string of ours, never request data)."""
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:
         phrase = "Error"
-    body = _PAGE.format(code=status, phrase=phrase, text=_TEXT.get(status, phrase), rid=request_id).encode()
+    body = _PAGE.format(code=status, phrase=phrase, text=text or _TEXT.get(status, phrase), rid=request_id).encode()
     head = b"".join(
         (
             status_line(status),

@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from tlsedge.pipeline.routes import Route
     from tlsedge.pipeline.site import SiteRuntime
     from tlsedge.upstream.connection import OriginConnection
+    from tlsedge.upstream.group import ServerPool
     from tlsedge.upstream.pool import OriginPool
+    from tlsedge.upstream.server import UpstreamServer
 
 
 class Exchange:
@@ -25,7 +28,9 @@ class Exchange:
         "error",
         "expect_continue",
         "finished",
+        "group",
         "has_body",
+        "hash_key",
         "head",
         "headers",
         "host",
@@ -37,6 +42,7 @@ class Exchange:
         "pending",
         "pending_bytes",
         "pool",
+        "queue_deadline",
         "redirect",
         "reject",
         "replay",
@@ -44,12 +50,20 @@ class Exchange:
         "response_chunked",
         "response_started",
         "reused",
+        "route",
+        "server",
+        "set_cookie",
         "site",
         "start",
         "status",
+        "sticky_key",
+        "t_first",
         "t_head",
         "t_upstream",
         "target",
+        "tried",
+        "tunnel",
+        "upgrade",
     )
 
     def __init__(self, request_id: str, start: float) -> None:
@@ -75,9 +89,20 @@ class Exchange:
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         self.replay: bytes | None = None
-        self.pool: OriginPool | None = None
+        self.route: Route | None = None
+        self.group: ServerPool | None = None  # the pool of servers the route chose
+        self.server: UpstreamServer | None = None  # the server of the current attempt
+        self.pool: OriginPool | None = None  # its keep-alive connections
         self.origin: OriginConnection | None = None
         self.attempts = 0
+        self.tried: list[UpstreamServer] | None = None  # servers that failed this request (retries avoid them)
+        self.t_first = 0.0  # loop time of the first attempt (retry_timeout counts from it)
+        self.queue_deadline = 0.0  # set when the request first waits for a free server
+        self.hash_key: bytes | None = None
+        self.sticky_key: str | None = None  # server named by a valid sticky cookie
+        self.set_cookie = b""  # Set-Cookie line pinning the client to the chosen server
+        self.upgrade: bytes | None = None  # Upgrade header value of a request to tunnel (WebSocket)
+        self.tunnel = False  # the origin switched protocols: bytes flow both ways unparsed
         self.reused = False
         self.status = 0
         self.response_started = False

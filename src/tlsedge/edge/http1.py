@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from tlsedge.edge.errors import error_response, redirect_response
+from tlsedge.edge.errors import REDIRECT_LOOP_TEXT, error_response, redirect_response
 from tlsedge.edge.exchange import Exchange
+from tlsedge.edge.flexible import redirects_to_itself
 from tlsedge.edge.headers import (
     FORWARDING,
     HOP_BY_HOP,
@@ -25,19 +26,22 @@ from tlsedge.edge.headers import (
     connection_tokens,
     status_line,
 )
+from tlsedge.pipeline.routes import AmbiguousPath, apply_edits
 from tlsedge.upstream.connection import OriginConnection
-from tlsedge.upstream.pool import OriginPool, PoolFull
+from tlsedge.upstream.pool import PoolFull
 from tlsedge.upstream.tls import describe_tls_failure
 
 if TYPE_CHECKING:
     from tlsedge.config.schema import Limits
     from tlsedge.edge.worker import Edge
     from tlsedge.pipeline.site import SiteRuntime
+    from tlsedge.upstream.group import ServerPool
+    from tlsedge.upstream.server import UpstreamServer
 
 log = logging.getLogger("tlsedge.edge")
 
-# Why the client connection's deadline is set.
-_IDLE, _HEAD, _BODY, _WAIT, _SEND = 0, 1, 2, 3, 4
+# Why the client connection's deadline is set (_TUNNEL: an upgraded connection, timed by its site's tunnel_timeout).
+_IDLE, _HEAD, _BODY, _WAIT, _SEND, _TUNNEL = 0, 1, 2, 3, 4, 5
 # Reasons reading from the client is paused; reading resumes when none is left.
 _PAUSE_QUEUE, _PAUSE_PENDING, _PAUSE_ORIGIN = 1, 2, 4
 
@@ -49,8 +53,9 @@ _VIA_LINE = b"Via: " + VIA_TOKEN + b"\r\n"
 
 
 def deadline_timeouts(limits: Limits) -> tuple[float, ...]:
-    """The timeout of each deadline kind, indexed by _IDLE, _HEAD, _BODY, _WAIT (none: the origin works), _SEND."""
-    return (limits.keepalive_timeout, limits.header_timeout, limits.body_idle_timeout, 0.0, limits.send_timeout)
+    """The timeout of each deadline kind, indexed by _IDLE, _HEAD, _BODY, _WAIT (none: the origin works), _SEND
+    (_TUNNEL is per site, set where the tunnel starts)."""
+    return (limits.keepalive_timeout, limits.header_timeout, limits.body_idle_timeout, 0.0, limits.send_timeout, 0.0)
 
 
 class Rejected(Exception):
@@ -88,6 +93,9 @@ class ClientConnection(asyncio.Protocol):
         self.head_bytes = 0
         self.head_raw = 0
         self.url = b""
+        self.client_ip_bytes = b"-"
+        # An upgrade request whose answer is awaited: what the client sends meanwhile goes to the origin as is.
+        self.upgrading: Exchange | None = None
 
     # --- connection lifecycle ------------------------------------------------------------------------------------
 
@@ -102,6 +110,7 @@ class ClientConnection(asyncio.Protocol):
         edge.connection_opened()
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "-"
+        self.client_ip_bytes = self.client_ip.encode()
         self.trusted = edge.is_trusted(self.client_ip)
         if self.tls:
             self.tls_site = edge.sites.get(edge.tls.site_of(transport.get_extra_info("ssl_object")))
@@ -115,7 +124,12 @@ class ClientConnection(asyncio.Protocol):
         self.closed = True
         self.edge.clients.discard(self)
         ex = self.current
-        if ex is not None and not ex.finished:
+        if ex is not None and ex.tunnel:
+            if ex.origin is not None:
+                ex.origin.close_tunnel()
+                ex.origin = None
+            self._log(ex)
+        elif ex is not None and not ex.finished:
             if ex.origin is not None:
                 ex.origin.abort()
                 ex.origin = None
@@ -141,14 +155,15 @@ class ClientConnection(asyncio.Protocol):
         ex = self.current
         if ex is not None and ex.origin is not None and not ex.origin.closed:
             ex.origin.transport.resume_reading()
-            ex.origin.deadline = self.edge.loop.time() + ex.pool.timeouts.read_timeout
+            if not ex.tunnel:
+                ex.origin.deadline = self.edge.loop.time() + ex.pool.timeouts.read_timeout
         if self.deadline_kind == _SEND:
             self._arm(self.kind_before_send)
 
     def _arm(self, kind: int) -> None:
         """Set the connection's deadline for what it is waiting for now (no deadline while the origin works)."""
         self.deadline_kind = kind
-        timeout = self.edge.deadline_timeouts[kind]
+        timeout = self.edge.deadline_timeouts[kind] if kind != _TUNNEL else self.current.pool.timeouts.tunnel_timeout
         self.deadline = self.edge.loop.time() + timeout if timeout else 0.0
 
     def _pause(self, reason: int) -> None:
@@ -163,6 +178,9 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self.upgrading is not None:
+            self._to_tunnel(data)
+            return
         if self.parser is None:
             return  # a rejected request: the connection closes once the answer is out
         kind = self.deadline_kind
@@ -173,12 +191,21 @@ class ClientConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            # Upgrades are not tunnelled yet: the request was forwarded without Upgrade; parse what follows anew.
-            self.parser = httptools.HttpRequestParser(self)
             rest = data[exc.args[0] :] if exc.args and isinstance(exc.args[0], int) else b""
-            if rest:
-                self.data_received(rest)
-                return
+            upgrade = self._last_upgrade()
+            if upgrade is not None:
+                # What follows the head belongs to the new protocol: no more HTTP parsing on this connection.
+                self.parser = None
+                self.upgrading = upgrade
+                if rest:
+                    self._to_tunnel(rest)
+                    return
+            else:
+                # An upgrade the edge does not tunnel (it had a body, or was refused): HTTP goes on after it.
+                self.parser = httptools.HttpRequestParser(self)
+                if rest:
+                    self.data_received(rest)
+                    return
         except httptools.HttpParserError as exc:
             # httptools wraps exceptions raised by our callbacks; the original is the context.
             cause = exc.__context__
@@ -211,6 +238,14 @@ class ClientConnection(asyncio.Protocol):
         """Called by the sweeper when the client deadline passed."""
         kind = self.deadline_kind
         self.deadline = 0.0
+        if kind == _TUNNEL:
+            ex = self.current
+            ex.error = "tunnel idle for longer than tunnel_timeout"
+            if ex.origin is not None:
+                ex.origin.close_tunnel()
+                ex.origin = None
+            self._close()
+            return
         if kind == _SEND:
             if self.current is not None:
                 self.current.error = "client left the response unread for send_timeout"
@@ -288,6 +323,8 @@ class ClientConnection(asyncio.Protocol):
         ex.method = parser.get_method()
         ex.target = self.url
         ex.keep_alive = parser.should_keep_alive()
+        if parser.should_upgrade():
+            ex.upgrade = b""  # the value is read with the other headers in _prepare
         version = parser.get_http_version()
         ex.http10 = version == "1.0"
         if version != "1.1" and not ex.http10:
@@ -372,6 +409,7 @@ class ClientConnection(asyncio.Protocol):
         xff: bytes | None = None
         kept_forwarding: set[bytes] = set()
         conn_tokens: set[bytes] | None = None
+        upgrade: bytes | None = None
         forward: list[bytes] = []
         append = forward.append
         trusted = self.trusted
@@ -392,6 +430,8 @@ class ClientConnection(asyncio.Protocol):
                     tokens = connection_tokens(value)
                     if tokens:
                         conn_tokens = tokens if conn_tokens is None else conn_tokens | tokens
+                elif lname == b"upgrade":
+                    upgrade = value
                 continue
             elif lname == b"expect":
                 ex.expect_continue = value.strip().lower() == b"100-continue"
@@ -476,24 +516,50 @@ class ClientConnection(asyncio.Protocol):
 
         via_line = b"Via: %s, %s\r\n" % (via, VIA_TOKEN) if via is not None else _VIA_LINE
         xff_line = (
-            b"X-Forwarded-For: %s, %s\r\n" % (xff, self.client_ip.encode()) if xff is not None else self.xff_line
+            b"X-Forwarded-For: %s, %s\r\n" % (xff, self.client_ip_bytes) if xff is not None else self.xff_line
         )
         if host is None:
             host = site.default_host
-            forward.append(b"Host: %s\r\n" % host)
+            forward.extend((b"Host", b": ", host, b"\r\n"))
+
+        # The route: which pool, and how the request is rewritten for it.
+        try:
+            route = site.routes.match(ex.method, ex.target, ex.headers)
+        except AmbiguousPath:
+            raise Rejected(400, "dot-segment or encoded separator in the path") from None
+        group = route.pool
+        ex.route = route
+        ex.group = group
+        target = route.rewrite(ex.target)
+        if route.host is not None:
+            forward = _replace_host(forward, route.host)
+        if group.sticky is not None:
+            forward = _read_sticky_cookie(ex, group, forward)
+        if group.hash_on is not None:
+            ex.hash_key = group.hash_key_of(ex.headers, ex.target, self.client_ip_bytes)
+        if route.has_request_edits:
+            forward = apply_edits(forward, route.request_drop, route.request_lines)
+        upgrade_lines = b""
+        if ex.upgrade is not None:
+            if upgrade and not ex.has_body:
+                ex.upgrade = upgrade
+                upgrade_lines = b"Connection: upgrade\r\nUpgrade: %s\r\n" % upgrade
+            else:
+                ex.upgrade = None
         fwd_host = b"" if b"x-forwarded-host" in kept_forwarding else b"X-Forwarded-Host: %s\r\n" % host
         fwd_proto = b"" if b"x-forwarded-proto" in kept_forwarding else self.xfp_line
         ex.head = b"".join(
             (
                 ex.method,
                 b" ",
-                ex.target,
+                target,
                 b" HTTP/1.1\r\n",
                 *forward,
                 xff_line,
                 fwd_proto,
                 fwd_host,
                 via_line,
+                upgrade_lines,
                 b"Transfer-Encoding: chunked\r\n\r\n" if ex.chunked_upload else b"\r\n",
             )
         )
@@ -513,49 +579,107 @@ class ClientConnection(asyncio.Protocol):
             return
         if ex.expect_continue and ex.has_body and not ex.http10:  # RFC 9110 10.1.1: never to HTTP/1.0
             self.out.append(_CONTINUE)
-        self._forward(ex, ex.site.pick_pool())
+        self._dispatch(ex)
 
-    def _forward(self, ex: Exchange, pool: OriginPool, fresh: bool = False) -> None:
+    def _dispatch(self, ex: Exchange) -> None:
+        """Choose a server for the request: the sticky one, else the balancer's; wait when all are busy."""
+        group = ex.group
+        server = group.pinned(ex.sticky_key) if ex.sticky_key is not None and ex.tried is None else None
+        if server is None:
+            server = group.pick(ex.hash_key, ex.tried)
+        if server is None:
+            if group.waiting_helps(ex.tried):
+                if not ex.queue_deadline:
+                    ex.queue_deadline = self.edge.loop.time() + group.config.queue_timeout
+                group.enqueue(self, ex, ex.queue_deadline)
+                return
+            self._unavailable(ex)
+            return
+        if group.sticky is not None and server.key != ex.sticky_key:
+            ex.set_cookie = group.sticky.set_cookie_line(server.key, self.tls)
+        self._forward(ex, server)
+
+    def _unavailable(self, ex: Exchange) -> None:
+        """No server of the pool is up: the place where serving stale content will hook in."""
+        self._answer(ex, 503, f"no server of pool {ex.group.name} is up", close=ex.has_body and not ex.body_done,
+                     extra=b"Retry-After: 5\r\n")
+
+    def dispatch_queued(self, ex: Exchange) -> None:
+        """A server freed a slot while the request waited in the pool's queue."""
+        if ex is self.current and not ex.finished and not self.closed:
+            self._dispatch(ex)
+            self.flush()
+
+    def queue_timed_out(self, ex: Exchange) -> None:
+        if ex is self.current and not ex.finished and not self.closed:
+            self._answer(ex, 503, f"every server of pool {ex.group.name} stayed at max_connections for queue_timeout",
+                         close=ex.has_body and not ex.body_done, extra=b"Retry-After: 1\r\n")
+            self.flush()
+
+    def _forward(self, ex: Exchange, server: UpstreamServer, fresh: bool = False) -> None:
+        pool = server.conns
+        ex.server = server
         ex.pool = pool
         ex.attempts += 1
+        if ex.attempts == 1:
+            ex.t_first = self.edge.loop.time()
+            ex.group.budget.deposit()
         conn = None if fresh else pool.acquire()
         if conn is not None:
             self._send(ex, conn)
             return
         task = self.edge.loop.create_task(pool.connect())
-        task.add_done_callback(lambda t: self._connected(ex, pool, t))
+        task.add_done_callback(lambda t: self._connected(ex, server, t))
 
-    def _connected(self, ex: Exchange, pool: OriginPool, task: asyncio.Task) -> None:
+    def _connected(self, ex: Exchange, server: UpstreamServer, task: asyncio.Task) -> None:
         exc = task.exception() if not task.cancelled() else asyncio.CancelledError()
         if exc is None:
             conn = task.result()
             if self.closed or ex.finished:
-                pool.release(conn)
+                server.conns.release(conn)
                 return
             self._send(ex, conn)
             return
         if self.closed or ex.finished:
             return
+        label = server.label
         if isinstance(exc, PoolFull):
-            self._answer(ex, 503, f"origin {pool.label} has max_connections open", close=ex.has_body,
-                         extra=b"Retry-After: 1\r\n")
+            # Another request took the last slot while this one connected: choose again (or wait).
+            ex.attempts -= 1
+            self._dispatch(ex)
         elif isinstance(exc, TimeoutError):
-            self._failover(ex, pool, 504, f"connecting to origin {pool.label} timed out")
+            self._attempt_failed(ex, 504, f"connecting to origin {label} timed out", resend=True)
         elif isinstance(exc, ssl.SSLError | ssl.CertificateError):
-            self._failover(ex, pool, 502, f"TLS to origin {pool.label} failed: {describe_tls_failure(exc)}")
+            self._attempt_failed(ex, 502, f"TLS to origin {label} failed: {describe_tls_failure(exc)}", resend=True)
         elif isinstance(exc, OSError):
-            self._failover(ex, pool, 502, f"origin {pool.label} unreachable: {exc.strerror or exc}")
+            self._attempt_failed(ex, 502, f"origin {label} unreachable: {exc.strerror or exc}", resend=True)
         else:
-            self._answer(ex, 502, f"connecting to origin {pool.label} failed: {exc!r}", close=True)
+            self._answer(ex, 502, f"connecting to origin {label} failed: {exc!r}", close=True)
         self.flush()
 
-    def _failover(self, ex: Exchange, pool: OriginPool, status: int, reason: str) -> None:
-        """Nothing was sent yet, so another origin server may take the request."""
+    def _attempt_failed(self, ex: Exchange, status: int, reason: str, *, resend: bool) -> None:
+        """An attempt failed before any response byte: count it against the server, and retry elsewhere if allowed.
+
+        `resend` says whether sending the request again is safe: nothing reached the origin, or the request is
+        idempotent and whole in memory. A retry also needs an untried server, the attempt count, the pool's
+        retry_timeout and its retry budget.
+        """
+        server = ex.server
+        server.record_failure(self.edge.loop.time(), reason)
         _log_failure(ex, reason)
-        if ex.attempts < len(ex.site.pools):
-            self._forward(ex, ex.site.pool_after(pool))
-        else:
-            self._answer(ex, status, reason, close=ex.has_body and not ex.body_done, logged=True)
+        group = ex.group
+        config = group.config
+        if resend and ex.attempts <= config.retries and self.edge.loop.time() - ex.t_first < config.retry_timeout:
+            tried = ex.tried = [*ex.tried, server] if ex.tried else [server]
+            other = group.pick(ex.hash_key, tried)
+            if other is not None:
+                if group.budget.withdraw():
+                    if group.sticky is not None:
+                        ex.set_cookie = group.sticky.set_cookie_line(other.key, self.tls)
+                    self._forward(ex, other)
+                    return
+                reason += " (no retry: the pool's retry budget is spent)"
+        self._answer(ex, status, reason, close=ex.has_body and not ex.body_done, logged=True)
 
     def _send(self, ex: Exchange, conn: OriginConnection) -> None:
         ex.origin = conn
@@ -573,14 +697,27 @@ class ClientConnection(asyncio.Protocol):
         ex.t_upstream = monotonic()
         if self.write_paused:
             conn.transport.pause_reading()
-        conn.send(self, data, head_request=ex.method == b"HEAD", now=self.edge.loop.time())
+        conn.send(self, data, head_request=ex.method == b"HEAD", upgrade=ex.upgrade is not None,
+                  now=self.edge.loop.time())
 
     # --- events from the origin connection -------------------------------------------------------------------------
 
     def origin_head(self, conn: OriginConnection, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         ex = self.current
-        ex.status = status
         ex.t_head = monotonic()
+        ex.server.record_response(status, ex.t_head - ex.t_upstream)
+        if 300 < status < 400 and self.tls and conn.pool.ssl_context is None and redirects_to_itself(headers, ex):
+            conn.abort()
+            ex.origin = None
+            self._answer(
+                ex, 502,
+                f"origin {ex.server.label} redirects https://{ex.host.decode()}{ex.target.decode('latin-1')} to "
+                "itself: it is reached over plain HTTP (origin_tls = 'flexible') and insists on https; set "
+                "origin_tls = 'full' or 'strict' for this pool so the edge talks TLS to it",
+                close=False, text=REDIRECT_LOOP_TEXT,
+            )
+            return
+        ex.status = status
         ex.response_started = True
         fields: list[bytes] = []
         append = fields.append
@@ -604,7 +741,12 @@ class ClientConnection(asyncio.Protocol):
             append(b"\r\n")
         if conn_tokens:
             fields = _drop_named(fields, conn_tokens)
+        route = ex.route
+        if route.has_response_edits:
+            fields = apply_edits(fields, route.response_drop, route.response_lines)
         tail: list[bytes] = []
+        if ex.set_cookie:
+            tail.append(ex.set_cookie)
         if self.tls and ex.site.https_response_head:
             tail.append(ex.site.https_response_head)
         has_body = ex.method != b"HEAD" and status not in _NO_BODY_STATUS
@@ -616,7 +758,12 @@ class ClientConnection(asyncio.Protocol):
             else:
                 ex.response_chunked = True
                 tail.append(b"Transfer-Encoding: chunked\r\n")
-        if not ex.keep_alive or self.edge.draining or (ex.has_body and not ex.body_done and status >= 300):
+        if (
+            not ex.keep_alive
+            or self.edge.draining
+            or (ex.has_body and not ex.body_done and status >= 300)
+            or ex.upgrade is not None  # refused upgrade: what the client sends next may already be the new protocol
+        ):
             ex.keep_alive = False
             tail.append(b"Connection: close\r\n\r\n")
         else:
@@ -649,14 +796,20 @@ class ClientConnection(asyncio.Protocol):
         if ex is None or ex.origin is not conn:
             return
         ex.origin = None
+        if ex.tunnel:
+            self._close()
+            return
         if not ex.response_started:
-            if ex.reused and not conn.got_bytes and ex.replay is not None and ex.method in _IDEMPOTENT:
-                # A pooled connection the origin had already closed: resend on a fresh connection.
-                ex.attempts -= 1
+            replayable = not conn.got_bytes and ex.replay is not None and ex.method in _IDEMPOTENT
+            if ex.replay is not None:
                 ex.head = ex.replay
-                self._forward(ex, ex.pool, fresh=True)
+            if ex.reused and replayable:
+                # A pooled connection the origin had already closed: resend on a fresh connection to the same server.
+                ex.attempts -= 1
+                self._forward(ex, ex.server, fresh=True)
                 return
-            self._answer(ex, 502, f"origin {ex.pool.label}: {reason}", close=True)
+            self._attempt_failed(ex, 502, f"origin {ex.server.label}: {reason}", resend=replayable)
+            return
         elif ex.origin_eof_ends_body:
             # A close-delimited response: the origin's close is the end of the body, not a failure.
             if ex.response_chunked:
@@ -681,7 +834,55 @@ class ClientConnection(asyncio.Protocol):
             ex.keep_alive = False
             self._finish(ex)
         else:
-            self._answer(ex, 504, f"origin {ex.pool.label} did not answer within response_timeout", close=True)
+            reason = f"origin {ex.pool.label} did not answer within response_timeout"
+            ex.server.record_failure(self.edge.loop.time(), reason)
+            self._answer(ex, 504, reason, close=True)
+
+    # --- upgraded connections (WebSocket and other protocols) --------------------------------------------------------
+
+    def _last_upgrade(self) -> Exchange | None:
+        """The exchange an HttpParserUpgrade belongs to, if the edge tunnels it."""
+        ex = self.queue[-1] if self.queue else self.current
+        return ex if ex is not None and ex.upgrade and not ex.finished else None
+
+    def _to_tunnel(self, data: bytes) -> None:
+        """Client bytes after an upgrade request: to the origin, or kept until the origin connection is there."""
+        ex = self.upgrading
+        ex.bytes_in += len(data)
+        if ex.tunnel:
+            self.deadline = self.edge.loop.time() + ex.pool.timeouts.tunnel_timeout
+        if ex.origin is not None:
+            ex.origin.transport.write(data)
+        elif not ex.finished:
+            ex.pending.append(data)
+            ex.pending_bytes += len(data)
+            if ex.pending_bytes > _PENDING_HIGH_WATER:
+                self._pause(_PAUSE_PENDING)
+
+    def origin_upgraded(self, conn: OriginConnection, headers: list[tuple[bytes, bytes]]) -> None:
+        """The origin switched protocols: pass its 101 on, then relay bytes both ways until either side closes."""
+        ex = self.current
+        ex.t_head = monotonic()
+        ex.server.record_response(101, ex.t_head - ex.t_upstream)
+        ex.status = 101
+        ex.response_started = True
+        ex.tunnel = True
+        ex.keep_alive = False
+        fields = [b"%s: %s\r\n" % (name, value) for name, value in headers if name.lower() not in HOP_BY_HOP]
+        self.out.append(
+            b"".join((status_line(101), *fields, b"Connection: upgrade\r\nUpgrade: %s\r\n\r\n" % ex.upgrade))
+        )
+        self.upgrading = ex
+        self.deadline_kind = _TUNNEL
+        self.deadline = self.edge.loop.time() + ex.pool.timeouts.tunnel_timeout
+
+    def tunnel_from_origin(self, data: bytes) -> None:
+        ex = self.current
+        ex.bytes_out += len(data)
+        if self.deadline_kind == _TUNNEL:
+            self.deadline = self.edge.loop.time() + ex.pool.timeouts.tunnel_timeout
+        self.out.append(data)
+        self.flush()
 
     def pause_origin_writes(self) -> None:
         self._pause(_PAUSE_ORIGIN)
@@ -692,7 +893,7 @@ class ClientConnection(asyncio.Protocol):
     # --- ending an exchange ------------------------------------------------------------------------------------------
 
     def _answer(self, ex: Exchange, status: int, reason: str, *, close: bool, extra: bytes = b"",
-                logged: bool = False) -> None:
+                logged: bool = False, text: str | None = None) -> None:
         """Answer with an error page of our own; server-side failures also go to the error log."""
         ex.status = status
         ex.error = reason
@@ -708,7 +909,7 @@ class ClientConnection(asyncio.Protocol):
                 extra += ex.site.https_response_head
             self.out.append(
                 error_response(status, ex.request_id, close=not ex.keep_alive, head_only=ex.method == b"HEAD",
-                               extra=extra)
+                               extra=extra, text=text)
             )
         if self.current is not ex:
             return
@@ -761,6 +962,24 @@ def _drop_named(block: list[bytes], names: set[bytes]) -> list[bytes]:
     for name, sep, value, crlf in zip(it, it, it, it, strict=True):
         if name.lower() not in names:
             out.extend((name, sep, value, crlf))
+    return out
+
+
+def _read_sticky_cookie(ex: Exchange, group: ServerPool, forward: list[bytes]) -> list[bytes]:
+    """Note the server a valid sticky cookie names, and remove that cookie from what the origin receives."""
+    cookies = [forward[i + 2] for i in range(0, len(forward), 4) if forward[i].lower() == b"cookie"]
+    if not cookies:
+        return forward
+    sticky = group.sticky
+    ex.sticky_key = sticky.server_of(cookies)
+    out: list[bytes] = []
+    it = iter(forward)
+    for name, sep, value, crlf in zip(it, it, it, it, strict=True):
+        if name.lower() == b"cookie":
+            value = sticky.strip(value)
+            if value is None:
+                continue
+        out.extend((name, sep, value, crlf))
     return out
 
 

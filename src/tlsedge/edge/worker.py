@@ -14,22 +14,25 @@ import os
 import signal
 import socket
 import ssl
+import time
 from time import monotonic
 
 import uvloop
 
 from tlsedge.config.schema import Config
+from tlsedge.control.status import write_json_atomic
 from tlsedge.edge.acceptor import PeekingTlsAcceptor, UvloopListener
 from tlsedge.edge.accesslog import AccessLog
 from tlsedge.edge.exchange import Exchange
 from tlsedge.edge.http1 import ClientConnection, deadline_timeouts
 from tlsedge.pipeline.router import HostRouter
-from tlsedge.pipeline.site import SiteRuntime
+from tlsedge.pipeline.site import SiteRuntime, UpstreamSetup
 from tlsedge.tls.server import TlsTable
 
 log = logging.getLogger("tlsedge.worker")
 
 SWEEP_INTERVAL = 0.5
+STATS_EVERY = 2  # sweeps between two writes of this worker's statistics file (for `tlsedge status`)
 # Sent by the control process to the workers of a generation a reload replaced (SIGTERM means shut down).
 RETIRE_SIGNAL = signal.SIGUSR1
 # How long a retired worker keeps an idle keep-alive connection open for one more request.
@@ -40,13 +43,25 @@ _BACKLOG = 1024
 class Edge:
     """Per-worker state shared by all connections: sites, routing, TLS table, limits, logs."""
 
-    def __init__(self, config: Config, tls: TlsTable | None, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, config: Config, tls: TlsTable | None, loop: asyncio.AbstractEventLoop, setup: UpstreamSetup | None = None
+    ) -> None:
         self.config = config
         self.loop = loop
         self.limits = config.server.limits
         self.deadline_timeouts = deadline_timeouts(self.limits)
         self.tls = tls
-        self.sites = {site.name: SiteRuntime(site, loop) for site in config.sites}
+        setup = setup or UpstreamSetup()
+        self.sites = {site.name: SiteRuntime(site, loop, setup) for site in config.sites}
+        self.groups = [group for site in self.sites.values() for group in site.pools.values()]
+        self.connection_pools = [conns for site in self.sites.values() for conns in site.connection_pools()]
+        self.health = setup.health
+        self.health_version = -1
+        self.checked_servers = [
+            server for site in self.sites.values() for server in site.servers if server.health_slot is not None
+        ]
+        self.stats_path = config.server.state_dir / "run" / f"worker-{os.getpid()}.json"
+        self.sweeps = 0
         default = self.sites.get(config.server.default_site) if config.server.default_site else None
         self.router = HostRouter(list(self.sites.values()), default)
         self.clients: set[ClientConnection] = set()
@@ -102,21 +117,56 @@ class Edge:
             self.idle_event.set()
 
     def sweep(self) -> None:
-        """Enforce every client and origin deadline; flush the access log."""
+        """Enforce every client and origin deadline, follow server health; flush the access log."""
         now = self.loop.time()
         for client in [c for c in self.clients if c.deadline and c.deadline <= now]:
             client.on_timeout()
-        for site in self.sites.values():
-            for pool in site.pools:
-                pool.sweep(now)
+        self._follow_health(now)
+        for group in self.groups:
+            group.sweep(now)
+        for conns in self.connection_pools:
+            conns.sweep(now)
         for listener in self.listeners:
             listener.sweep(now)
         self.access.flush()
+        self.sweeps += 1
+        if self.sweeps % STATS_EVERY == 0:
+            self.write_stats()
+
+    def _follow_health(self, now: float) -> None:
+        """Take the monitor's verdicts from shared memory (only when one changed)."""
+        health = self.health
+        if health is None:
+            return
+        version = health.version()
+        if version == self.health_version:
+            return
+        self.health_version = version
+        for server in self.checked_servers:
+            up = health.is_up(server.health_slot)
+            if up != server.health_up:
+                server.set_health(up, now)
+
+    def write_stats(self) -> None:
+        """Per-server statistics of this worker, merged by `tlsedge status`."""
+        servers = [
+            {"site": site.name, **server.stats()} for site in self.sites.values() for server in site.servers
+        ]
+        try:
+            write_json_atomic(self.stats_path, {"pid": os.getpid(), "time": time.time(), "servers": servers})
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.stats_path, exc)
+
+    def remove_stats(self) -> None:
+        with contextlib.suppress(OSError):
+            self.stats_path.unlink()
 
 
-async def _serve(config: Config, sockets: list[tuple[socket.socket, bool]], tls: TlsTable | None) -> None:
+async def _serve(
+    config: Config, sockets: list[tuple[socket.socket, bool]], tls: TlsTable | None, setup: UpstreamSetup
+) -> None:
     loop = asyncio.get_running_loop()
-    edge = Edge(config, tls, loop)
+    edge = Edge(config, tls, loop, setup)
     limits = config.server.limits
     for sock, is_tls in sockets:
         listener: PeekingTlsAcceptor | UvloopListener
@@ -184,18 +234,20 @@ async def _serve(config: Config, sockets: list[tuple[socket.socket, bool]], tls:
                     len(edge.clients))
         for client in list(edge.clients):
             client.transport.abort()
-    for site in edge.sites.values():
-        for pool in site.pools:
-            pool.close_idle()
+    for conns in edge.connection_pools:
+        conns.close_idle()
+    edge.remove_stats()
     edge.access.close()
 
 
-def run_worker(config: Config, sockets: list[tuple[socket.socket, bool]], tls: TlsTable | None) -> int:
+def run_worker(
+    config: Config, sockets: list[tuple[socket.socket, bool]], tls: TlsTable | None, setup: UpstreamSetup
+) -> int:
     """Entry point of a forked worker; returns the process exit code."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the control process, which drains us
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        uvloop.run(_serve(config, sockets, tls))
+        uvloop.run(_serve(config, sockets, tls, setup))
     except (OSError, ssl.SSLError):
         log.exception("worker %d failed", os.getpid())
         return 1

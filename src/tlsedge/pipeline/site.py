@@ -1,23 +1,40 @@
 """A site as the data plane sees it: everything decided once from its configuration.
 
 The chain for a site is built here when the configuration is loaded, so a request only follows precomputed
-references: its origin pools, the header block added to responses, whether plain HTTP is redirected.
+references: its routes, its pools of origin servers, the header block added to responses, whether plain HTTP is
+redirected.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
+from dataclasses import dataclass, field
 
-from tlsedge.config.schema import SiteConfig
+from tlsedge.config.schema import PoolConfig, SiteConfig
+from tlsedge.pipeline.routes import RouteTable
+from tlsedge.upstream.group import ServerPool
 from tlsedge.upstream.pool import OriginPool
-from tlsedge.upstream.tls import origin_server_name, origin_ssl_context
+from tlsedge.upstream.server import UpstreamServer
+from tlsedge.upstream.shared import SharedHealth
+from tlsedge.upstream.sticky import StickyCookie
+from tlsedge.upstream.tls import origin_server_name
+
+
+@dataclass
+class UpstreamSetup:
+    """What the control process prepared for the origin side before forking the workers."""
+
+    contexts: dict[tuple[str, str], ssl.SSLContext | None] = field(default_factory=dict)  # by (site, pool)
+    health: SharedHealth | None = None
+    health_slots: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (site, pool, server) -> slot
+    sticky_key: bytes = b""
 
 
 class SiteRuntime:
-    """Per-worker runtime of one site: origin pools and prepared response fragments."""
+    """Per-worker runtime of one site: routes, origin pools and prepared response fragments."""
 
     __slots__ = (
-        "_next",
         "config",
         "default_host",
         "has_tls",
@@ -26,9 +43,11 @@ class SiteRuntime:
         "name",
         "pools",
         "redirect_http",
+        "routes",
+        "servers",
     )
 
-    def __init__(self, config: SiteConfig, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, config: SiteConfig, loop: asyncio.AbstractEventLoop, setup: UpstreamSetup) -> None:
         self.config = config
         self.name = config.name
         self.has_tls = bool(config.certificates)
@@ -39,27 +58,51 @@ class SiteRuntime:
         self.default_host = (exact[0] if exact else config.hosts[0][2:]).encode()
         # Header lines added to every response this site sends over https.
         self.https_response_head = b"Strict-Transport-Security: %s\r\n" % config.hsts.encode() if config.hsts else b""
-        context = origin_ssl_context(config)
-        self.pools = [
-            OriginPool(
-                origin,
-                config.origin,
-                context if origin.tls else None,
-                origin_server_name(config, origin) if origin.tls else None,
-                loop,
+        connections: dict[tuple, OriginPool] = {}
+        self.pools: dict[str, ServerPool] = {}
+        self.servers: list[UpstreamServer] = []
+        for pool in config.pools:
+            self.pools[pool.name] = self._pool(pool, loop, setup, connections)
+        self.routes = RouteTable(config.routes, self.pools, self.pools[config.pools[0].name])
+
+    def _pool(
+        self,
+        pool: PoolConfig,
+        loop: asyncio.AbstractEventLoop,
+        setup: UpstreamSetup,
+        connections: dict[tuple, OriginPool],
+    ) -> ServerPool:
+        context = setup.contexts.get((self.name, pool.name))
+        servers = []
+        for member in pool.servers:
+            origin = member.origin
+            tls_context = context if origin.tls else None
+            server_name = origin_server_name(pool, origin) if origin.tls else None
+            limit = member.max_connections if member.max_connections is not None else self.config.origin.max_connections
+            # One keep-alive pool per (server, TLS settings, limit): pools of the site that share them share it.
+            key = (origin, id(tls_context), server_name, limit)
+            conns = connections.get(key)
+            if conns is None:
+                conns = OriginPool(origin, self.config.origin, tls_context, server_name, loop, limit)
+                connections[key] = conns
+            server = UpstreamServer(
+                member,
+                conns,
+                pool_name=pool.name,
+                outlier=pool.outlier,
+                slow_start=pool.slow_start,
+                health_slot=setup.health_slots.get((self.name, pool.name, str(origin))),
             )
-            for origin in config.origins
-        ]
-        self._next = 0
+            servers.append(server)
+            self.servers.append(server)
+        sticky = None
+        if pool.sticky is not None:
+            sticky = StickyCookie(
+                setup.sticky_key, self.name, pool.name, pool.sticky.cookie, pool.sticky.max_age,
+                [server.key for server in servers],
+            )
+        return ServerPool(pool, servers, sticky)
 
-    def pick_pool(self) -> OriginPool:
-        """Round robin over the site's origin servers (balancing algorithms are a later feature)."""
-        pools = self.pools
-        index = self._next
-        self._next = (index + 1) % len(pools)
-        return pools[index]
-
-    def pool_after(self, pool: OriginPool) -> OriginPool:
-        """The next origin server after one whose connection failed, for failover before anything was sent."""
-        pools = self.pools
-        return pools[(pools.index(pool) + 1) % len(pools)]
+    def connection_pools(self) -> list[OriginPool]:
+        """Every keep-alive pool of the site, once each."""
+        return list({id(s.conns): s.conns for s in self.servers}.values())

@@ -23,6 +23,8 @@ class OriginClient(Protocol):
     def origin_done(self, conn: OriginConnection, reusable: bool) -> None: ...
     def origin_lost(self, conn: OriginConnection, reason: str) -> None: ...
     def origin_timeout(self, conn: OriginConnection) -> None: ...
+    def origin_upgraded(self, conn: OriginConnection, headers: list[tuple[bytes, bytes]]) -> None: ...
+    def tunnel_from_origin(self, data: bytes) -> None: ...
     def flush(self) -> None: ...
     def pause_origin_writes(self) -> None: ...
     def resume_origin_writes(self) -> None: ...
@@ -33,9 +35,14 @@ class _SkipBody(Exception):
 
 
 class OriginConnection(asyncio.Protocol):
-    """An origin connection; `client` is set while an exchange uses it, None while it idles in the pool."""
+    """An origin connection; `client` is set while an exchange uses it, None while it idles in the pool.
+
+    After a ``101 Switching Protocols`` answer to an upgrade request the connection is a tunnel: bytes go to the
+    client unparsed, and it never returns to the pool.
+    """
 
     __slots__ = (
+        "busy",
         "client",
         "closed",
         "deadline",
@@ -46,7 +53,10 @@ class OriginConnection(asyncio.Protocol):
         "pool",
         "requests",
         "skip_body",
+        "tls_noted",
         "transport",
+        "tunnel",
+        "upgrade_allowed",
     )
 
     def __init__(self, pool: OriginPool) -> None:
@@ -60,19 +70,32 @@ class OriginConnection(asyncio.Protocol):
         self.skip_body = False
         self.informational = False
         self.closed = False
+        self.busy = False  # an exchange is in flight (counted in the pool's `active`)
+        self.tls_noted = False
+        self.upgrade_allowed = False
+        self.tunnel = False
         self.headers: list[tuple[bytes, bytes]] = []
 
     # --- used by the client side -------------------------------------------------------------------------------
 
-    def send(self, client: OriginClient, data: bytes, *, head_request: bool, now: float) -> None:
+    def send(self, client: OriginClient, data: bytes, *, head_request: bool, upgrade: bool, now: float) -> None:
         """Start an exchange: write the request head (and any buffered body) and wait for the response."""
         self.client = client
         self.requests += 1
         self.got_bytes = False
         self.skip_body = head_request
+        self.upgrade_allowed = upgrade
         self.headers = []
         self.deadline = now + self.pool.timeouts.response_timeout
+        if not self.busy:
+            self.busy = True
+            self.pool.active += 1
         self.transport.write(data)
+
+    def _end_exchange(self) -> None:
+        if self.busy:
+            self.busy = False
+            self.pool.active -= 1
 
     def write(self, data: bytes) -> None:
         self.transport.write(data)
@@ -80,9 +103,19 @@ class OriginConnection(asyncio.Protocol):
     def abort(self) -> None:
         """Drop the connection: used when an exchange ends in a state that leaves the framing unknown."""
         self.client = None
+        self._end_exchange()
         if not self.closed:
             self.closed = True
             self.transport.abort()
+            self.pool.forget(self)
+
+    def close_tunnel(self) -> None:
+        """End a tunnel from the client's side: flush what the client sent, then close."""
+        self.client = None
+        self._end_exchange()
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
             self.pool.forget(self)
 
     # --- asyncio.Protocol --------------------------------------------------------------------------------------
@@ -96,10 +129,18 @@ class OriginConnection(asyncio.Protocol):
             # Bytes from an idle origin connection break the framing of any later response: drop it.
             self.abort()
             return
+        if self.tunnel:
+            client.tunnel_from_origin(data)
+            return
         self.got_bytes = True
         self.deadline = self.pool.loop.time() + self.pool.timeouts.read_timeout
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            # Only reached after a 101 the client asked for: what follows the head is already tunnelled data.
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            if self.tunnel and offset < len(data):
+                client.tunnel_from_origin(data[offset:])
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, _SkipBody):
                 # httptools wraps callback exceptions: this one marks the end of a response to HEAD.
@@ -109,6 +150,7 @@ class OriginConnection(asyncio.Protocol):
                 client.flush()
                 return
             self.client = None
+            self._end_exchange()
             self.closed = True
             self.transport.abort()
             self.pool.forget(self)
@@ -123,6 +165,7 @@ class OriginConnection(asyncio.Protocol):
         self.closed = True
         client = self.client
         self.client = None
+        self._end_exchange()
         if not was_closed:
             self.pool.forget(self)
         if client is not None:
@@ -144,10 +187,17 @@ class OriginConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
+        if not self.tls_noted:
+            self._note_tls_session()
         if status < 200:
-            # 1xx: the edge answered Expect itself and strips Upgrade, so interim responses are not forwarded.
+            # 1xx: the edge answered Expect itself, so interim responses are not forwarded; 101 starts a tunnel.
             if status == 101:
-                raise httptools.HttpParserError("unexpected 101 Switching Protocols")
+                if not self.upgrade_allowed:
+                    raise httptools.HttpParserError("101 Switching Protocols to a request that asked no upgrade")
+                self.tunnel = True
+                self.deadline = 0.0
+                self.client.origin_upgraded(self, self.headers)
+                return
             self.informational = True
             self.headers = []
             return
@@ -158,7 +208,22 @@ class OriginConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self.client.origin_body(body)
 
+    def _note_tls_session(self) -> None:
+        """Once per connection: count a resumed TLS session, and keep the session for the next connection."""
+        self.tls_noted = True
+        ssl_object = self.transport.get_extra_info("ssl_object")
+        if ssl_object is None:
+            return
+        if ssl_object.session_reused:
+            self.pool.tls_resumed += 1
+        session = ssl_object.session
+        context = self.pool.ssl_context
+        if session is not None and self.pool.server_name and hasattr(context, "remember"):
+            context.remember(self.pool.server_name, session)
+
     def on_message_complete(self) -> None:
+        if self.tunnel:
+            return
         if self.informational:
             self.informational = False
             return
@@ -168,6 +233,7 @@ class OriginConnection(asyncio.Protocol):
         client = self.client
         self.client = None
         self.deadline = 0.0
+        self._end_exchange()
         client.origin_done(self, keep_alive)
 
     def on_timeout(self) -> None:

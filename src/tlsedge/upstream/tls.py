@@ -1,8 +1,9 @@
-"""TLS towards origins: one client context per site for the modes flexible / full / strict, and readable failures.
+"""TLS towards origins: client contexts for the modes flexible / full / strict, client certificates, session reuse,
+and readable failures.
 
-Why one context per site, built at config time: a context holds the loaded trust store (parsing the system roots costs
-milliseconds) and the session cache that lets reconnects to the same origin resume; building one per connection would
-pay both every time.
+Why contexts are built at config time (one per distinct pool TLS settings): a context holds the loaded trust store
+(parsing the system roots costs tens of milliseconds) and the sessions that let reconnects to the same origin resume;
+building one per connection would pay both every time.
 
 Names: the edge passes :func:`origin_server_name` as ``server_hostname`` to ``loop.create_connection`` (asyncio and
 uvloop alike). For a DNS name Python sends it as SNI and checks it against the certificate. For an IP literal Python
@@ -16,68 +17,129 @@ import ssl
 from pathlib import Path
 
 from tlsedge.config.errors import Problem
-from tlsedge.config.schema import Config, Origin, SiteConfig
+from tlsedge.config.schema import Config, Origin, PoolConfig
 from tlsedge.tls.server import TlsSetupError
 
 ALPN = ["http/1.1"]
+_SESSION_LIMIT = 1024
 
 
-def origin_ssl_context(site: SiteConfig, config_path: Path | None = None) -> ssl.SSLContext | None:
-    """The client context for ``site``'s HTTPS origins; None for ``flexible`` (plain HTTP).
+class OriginSslContext(ssl.SSLContext):
+    """A client context that resumes TLS sessions with the origins it connected to before.
+
+    Python's asyncio (and uvloop) give no way to pass a session to ``create_connection``, but both create the TLS
+    object through ``context.wrap_bio(..., server_hostname=...)``; overriding it offers the last session seen for that
+    name. Sessions are therefore kept per server name: origins sharing one ``origin_server_name`` share a slot, which
+    costs at worst a full handshake when they do not share ticket keys.
+    """
+
+    sessions: dict[str, ssl.SSLSession]
+
+    def wrap_bio(self, incoming, outgoing, server_side=False, server_hostname=None, session=None):  # type: ignore[override]
+        if session is None and server_hostname is not None:
+            session = self.sessions.get(server_hostname)
+        return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+
+    def remember(self, server_hostname: str, session: ssl.SSLSession) -> None:
+        """Keep the newest resumable session for a server name (bounded: names come from the configuration)."""
+        if len(self.sessions) < _SESSION_LIMIT or server_hostname in self.sessions:
+            self.sessions[server_hostname] = session
+
+
+def origin_ssl_context(
+    pool: PoolConfig, config_path: Path | None = None, where: str = "", site: str | None = None
+) -> OriginSslContext | None:
+    """The client context for a pool's HTTPS origins; None for ``flexible`` (plain HTTP).
 
     ``full`` encrypts but does not authenticate the origin (any certificate is accepted); ``strict`` verifies the
-    chain against the system roots plus ``site.origin_ca`` and the name from :func:`origin_server_name`.
-    Raises TlsSetupError when ``origin_ca`` cannot be used (``config_path`` only labels that problem).
+    chain against the system roots plus ``origin_ca`` and the name from :func:`origin_server_name`. With a
+    ``client_certificate`` the edge proves itself to the origin (authenticated origin pulls).
+    Raises TlsSetupError when ``origin_ca`` or the client certificate cannot be used (``config_path`` and ``where``,
+    e.g. ``site[blog].pool[api]``, only label that problem).
     """
-    if site.origin_tls == "flexible":
+    if pool.origin_tls == "flexible":
         return None
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx = OriginSslContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.sessions = {}
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(ALPN)
-    if site.origin_tls == "full":
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.check_hostname = True
-    ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
-    if site.origin_ca is not None:
+    problems: list[Problem] = []
+    if pool.client_certificate is not None:
+        files = pool.client_certificate
         try:
-            ctx.load_verify_locations(cafile=str(site.origin_ca))
+            ctx.load_cert_chain(str(files.cert), str(files.key))
         except (OSError, ssl.SSLError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            problem = Problem(
-                file=config_path or Path(site.origin_ca),
-                field=f"site[{site.name}].origin_ca",
-                reason=f"cannot load CA certificates from {site.origin_ca}: {reason}",
-                site=site.name,
+            problems.append(
+                Problem(
+                    file=config_path or Path(files.cert),
+                    field=f"{where}.client_certificate" if where else "client_certificate",
+                    reason=f"cannot load the client certificate {files.cert} with key {files.key}: {reason}",
+                    site=site,
+                )
             )
-            raise TlsSetupError([problem]) from exc
+    if pool.origin_tls == "full":
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.check_hostname = True
+        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        if pool.origin_ca is not None:
+            try:
+                ctx.load_verify_locations(cafile=str(pool.origin_ca))
+            except (OSError, ssl.SSLError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                problems.append(
+                    Problem(
+                        file=config_path or Path(pool.origin_ca),
+                        field=f"{where}.origin_ca" if where else "origin_ca",
+                        reason=f"cannot load CA certificates from {pool.origin_ca}: {reason}",
+                        site=site,
+                    )
+                )
+    if problems:
+        raise TlsSetupError(problems)
     return ctx
 
 
-def origin_ssl_contexts(config: Config) -> dict[str, ssl.SSLContext | None]:
-    """Contexts for every site, by site name; every unusable ``origin_ca`` is reported in one TlsSetupError."""
-    contexts: dict[str, ssl.SSLContext | None] = {}
+def pool_where(site_name: str, pool: PoolConfig) -> str:
+    return f"site[{site_name}].pool[{pool.name}]"
+
+
+def origin_ssl_contexts(config: Config) -> dict[tuple[str, str], OriginSslContext | None]:
+    """Contexts for every pool, by (site, pool) name; every unusable file is reported in one TlsSetupError.
+
+    Pools with the same TLS settings share one context (loading the system roots costs tens of milliseconds, and a
+    shared context shares its resumable sessions).
+    """
+    contexts: dict[tuple[str, str], OriginSslContext | None] = {}
+    by_settings: dict[tuple, OriginSslContext | None] = {}
     problems: list[Problem] = []
     for site in config.sites:
-        try:
-            contexts[site.name] = origin_ssl_context(site, config.path)
-        except TlsSetupError as exc:
-            problems.extend(exc.problems)
+        for pool in site.pools:
+            settings = (pool.origin_tls, pool.origin_ca, pool.client_certificate)
+            if settings not in by_settings:
+                try:
+                    where = pool_where(site.name, pool)
+                    by_settings[settings] = origin_ssl_context(pool, config.path, where, site.name)
+                except TlsSetupError as exc:
+                    problems.extend(exc.problems)
+                    by_settings[settings] = None
+            contexts[(site.name, pool.name)] = by_settings[settings]
     if problems:
         raise TlsSetupError(problems)
     return contexts
 
 
-def origin_server_name(site: SiteConfig, origin: Origin) -> str | None:
+def origin_server_name(pool: PoolConfig, origin: Origin) -> str | None:
     """``server_hostname`` for connecting to ``origin``: the configured name, else the origin host (IPs included).
 
     None when the connection is plain HTTP (not an https origin, or flexible mode).
     """
-    if not origin.tls or site.origin_tls == "flexible":
+    if not origin.tls or pool.origin_tls == "flexible":
         return None
-    return site.origin_server_name or origin.host.strip("[]")
+    return pool.origin_server_name or origin.host.strip("[]")
 
 
 _REASONS = {
