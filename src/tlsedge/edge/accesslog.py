@@ -48,10 +48,14 @@ class AccessLog:
             "status": ex.status,
             "bytes_in": ex.bytes_in,
             "bytes_out": ex.bytes_out,
+            "pool": ex.group.name if ex.group is not None else None,
             "upstream": ex.pool.label if ex.pool is not None else None,
+            "attempts": ex.attempts,
             "duration_ms": round((now - ex.start) * 1000, 3),
             "upstream_ms": round((ex.t_head - ex.t_upstream) * 1000, 3) if ex.t_head and ex.t_upstream else None,
         }
+        if ex.route is not None and ex.route.name != "default":
+            record["route"] = ex.route.name
         if ex.error:
             record["error"] = ex.error
         self._lines.append(json.dumps(record, separators=(",", ":")))

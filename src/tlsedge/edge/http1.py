@@ -621,7 +621,7 @@ class ClientConnection(asyncio.Protocol):
         ex.server = server
         ex.pool = pool
         ex.attempts += 1
-        if ex.attempts == 1:
+        if not ex.t_first:  # the request's first attempt (resending on a fresh connection is not a new one)
             ex.t_first = self.edge.loop.time()
             ex.group.budget.deposit()
         conn = None if fresh else pool.acquire()
@@ -869,8 +869,9 @@ class ClientConnection(asyncio.Protocol):
         ex.tunnel = True
         ex.keep_alive = False
         fields = [b"%s: %s\r\n" % (name, value) for name, value in headers if name.lower() not in HOP_BY_HOP]
+        protocol = next((value for name, value in headers if name.lower() == b"upgrade"), ex.upgrade)
         self.out.append(
-            b"".join((status_line(101), *fields, b"Connection: upgrade\r\nUpgrade: %s\r\n\r\n" % ex.upgrade))
+            b"".join((status_line(101), *fields, b"Connection: upgrade\r\nUpgrade: %s\r\n\r\n" % protocol))
         )
         self.upgrading = ex
         self.deadline_kind = _TUNNEL

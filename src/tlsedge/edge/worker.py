@@ -62,6 +62,7 @@ class Edge:
         ]
         self.stats_path = config.server.state_dir / "run" / f"worker-{os.getpid()}.json"
         self.sweeps = 0
+        self._follow_health(loop.time())  # a reload must not put servers the monitor knows are down back in use
         default = self.sites.get(config.server.default_site) if config.server.default_site else None
         self.router = HostRouter(list(self.sites.values()), default)
         self.clients: set[ClientConnection] = set()
