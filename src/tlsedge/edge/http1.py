@@ -102,7 +102,8 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         edge = self.edge
-        if len(edge.clients) >= edge.limits.max_connections or edge.draining:
+        # While draining, a connection accepted before the listeners closed is still served (with Connection: close).
+        if len(edge.clients) >= edge.limits.max_connections:
             transport.abort()
             self.closed = True
             return

@@ -37,6 +37,8 @@ STATS_EVERY = 2  # sweeps between two writes of this worker's statistics file (f
 RETIRE_SIGNAL = signal.SIGUSR1
 # How long a retired worker keeps an idle keep-alive connection open for one more request.
 RETIRE_IDLE_GRACE = 10.0
+# Shortest drain: a connection accepted before the listeners closed finishes its TLS handshake within it.
+DRAIN_SETTLE = 0.3
 _BACKLOG = 1024
 
 
@@ -225,9 +227,15 @@ async def _serve(
     for client in list(edge.clients):
         client.drain(close_idle=not retire, deadline=min(deadline, loop.time() + RETIRE_IDLE_GRACE))
     edge.idle_event = asyncio.Event()
-    while edge.clients and loop.time() < deadline:
+    # Connections accepted just before the listeners closed may still be in their handshake: give them a moment.
+    settle = loop.time() + DRAIN_SETTLE
+    while loop.time() < deadline:
+        busy = bool(edge.clients) or any(listener.pending for listener in edge.listeners)
+        if not busy and loop.time() >= settle:
+            break
+        edge.idle_event.clear()
         try:
-            await asyncio.wait_for(edge.idle_event.wait(), SWEEP_INTERVAL)
+            await asyncio.wait_for(edge.idle_event.wait(), SWEEP_INTERVAL if busy else settle - loop.time())
         except TimeoutError:
             edge.sweep()
     if edge.clients:

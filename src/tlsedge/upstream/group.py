@@ -96,9 +96,13 @@ class ServerPool:
         else:
             available = _free
         server = self.balancer.pick(available, key)
-        if server is None and self.backup_balancer is not None and not any(s.usable for s in self.primaries):
+        if server is None and self.backup_balancer is not None and not self._primaries_left(tried):
             server = self.backup_balancer.pick(available, key)
         return server
+
+    def _primaries_left(self, tried: list[UpstreamServer] | None) -> bool:
+        """Whether a primary server is up and not yet tried by this request (else backups may take it)."""
+        return any(s.usable and (not tried or s not in tried) for s in self.primaries)
 
     def pinned(self, server_key: str) -> UpstreamServer | None:
         """The server a valid sticky cookie names, if it can take the request (draining servers still can)."""
@@ -109,7 +113,7 @@ class ServerPool:
 
     def waiting_helps(self, tried: list[UpstreamServer] | None) -> bool:
         """Whether some usable, untried server is merely full, so waiting for a slot makes sense."""
-        candidates = self.primaries if any(s.usable for s in self.primaries) else self.backups
+        candidates = self.primaries if self._primaries_left(tried) else self.backups
         return any(s.usable and (not tried or s not in tried) for s in candidates)
 
     def enqueue(self, waiter: Waiter, ex: Exchange, deadline: float) -> None:
