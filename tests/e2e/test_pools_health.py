@@ -107,6 +107,7 @@ def test_every_server_down_gets_503_with_retry_after(blog_edge, fleet):
             page = resp.body.decode()
             assert "<title>503 Service Unavailable</title>" in page
             assert f"request id: {resp.header('x-request-id')}" in page
+            assert "No origin server is available right now" in page  # not the "busy" text of a full queue
     assert a.requests == b.requests == 0  # answered by the edge, without trying dead servers
     wait_logged(edge, r"no server of pool main is up")
 

@@ -32,6 +32,9 @@ _TEXT: dict[int, str] = {
 }
 
 
+# Every server of the pool is down (health checks or ejections), as opposed to busy.
+NO_ORIGIN_TEXT = "No origin server is available right now; try again in a few seconds."
+
 # Flexible mode against an origin that insists on https: the browser would loop until it gives up.
 REDIRECT_LOOP_TEXT = (
     "The origin server redirects this page to itself: the edge reaches it over plain HTTP while the origin "

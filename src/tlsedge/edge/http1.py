@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from tlsedge.edge.errors import REDIRECT_LOOP_TEXT, error_response, redirect_response
+from tlsedge.edge.errors import NO_ORIGIN_TEXT, REDIRECT_LOOP_TEXT, error_response, redirect_response
 from tlsedge.edge.exchange import Exchange
 from tlsedge.edge.flexible import redirects_to_itself
 from tlsedge.edge.headers import (
@@ -603,7 +603,7 @@ class ClientConnection(asyncio.Protocol):
     def _unavailable(self, ex: Exchange) -> None:
         """No server of the pool is up: the place where serving stale content will hook in."""
         self._answer(ex, 503, f"no server of pool {ex.group.name} is up", close=ex.has_body and not ex.body_done,
-                     extra=b"Retry-After: 5\r\n")
+                     extra=b"Retry-After: 5\r\n", text=NO_ORIGIN_TEXT)
 
     def dispatch_queued(self, ex: Exchange) -> None:
         """A server freed a slot while the request waited in the pool's queue."""
