@@ -94,8 +94,14 @@ class ClientConnection(asyncio.Protocol):
         self.head_raw = 0
         self.url = b""
         self.client_ip_bytes = b"-"
-        # An upgrade request whose answer is awaited: what the client sends meanwhile goes to the origin as is.
+        # An upgrade request whose answer is awaited: what the client sends meanwhile is held in `early` and goes to
+        # the origin only if it switches protocols.
         self.upgrading: Exchange | None = None
+        self.early: list[bytes] = []
+        self.early_bytes = 0
+        # Body bytes still due for an upgrade request the edge does not tunnel: httptools ends such a request at its
+        # head, so its Content-Length body is read here, never parsed as the next request.
+        self.raw_body_left = 0
 
     # --- connection lifecycle ------------------------------------------------------------------------------------
 
@@ -189,6 +195,11 @@ class ClientConnection(asyncio.Protocol):
             self._arm(_HEAD)
         elif kind == _BODY:
             self._arm(_BODY)
+        if self.raw_body_left:
+            data = self._raw_body(data)
+            if not data or self.parser is None:
+                self.flush()
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -204,7 +215,9 @@ class ClientConnection(asyncio.Protocol):
             else:
                 # An upgrade the edge does not tunnel (it had a body, or was refused): HTTP goes on after it.
                 self.parser = httptools.HttpRequestParser(self)
-                if rest:
+                if rest and self.raw_body_left:
+                    rest = self._raw_body(rest)
+                if rest and self.parser is not None:
                     self.data_received(rest)
                     return
         except httptools.HttpParserError as exc:
@@ -326,6 +339,7 @@ class ClientConnection(asyncio.Protocol):
         ex.keep_alive = parser.should_keep_alive()
         if parser.should_upgrade():
             ex.upgrade = b""  # the value is read with the other headers in _prepare
+            self.raw_body_left = _upgrade_body_length(ex.headers)
         version = parser.get_http_version()
         ex.http10 = version == "1.0"
         if version != "1.1" and not ex.http10:
@@ -357,7 +371,24 @@ class ClientConnection(asyncio.Protocol):
             if ex.pending_bytes > _PENDING_HIGH_WATER:
                 self._pause(_PAUSE_PENDING)
 
+    def _raw_body(self, data: bytes) -> bytes:
+        """Consume the body of a non-tunnelled upgrade request; return what follows it."""
+        n = min(len(data), self.raw_body_left)
+        self.raw_body_left -= n
+        try:
+            if n:
+                self.on_body(data[:n])
+            if not self.raw_body_left:
+                self.on_message_complete()
+        except Rejected as exc:
+            self.raw_body_left = 0
+            self._reject_parse(exc.status, exc.reason)
+            return b""
+        return data[n:]
+
     def on_message_complete(self) -> None:
+        if self.raw_body_left:
+            return  # httptools ends an upgrade request at its head; _raw_body reads its body and ends it
         ex = self.parsing
         self.parsing = None
         ex.body_done = True
@@ -847,17 +878,21 @@ class ClientConnection(asyncio.Protocol):
         return ex if ex is not None and ex.upgrade and not ex.finished else None
 
     def _to_tunnel(self, data: bytes) -> None:
-        """Client bytes after an upgrade request: to the origin, or kept until the origin connection is there."""
+        """Client bytes after an upgrade request: to the origin once it switched protocols, else held until then.
+
+        Bytes sent before the 101 belong to the new protocol only if the origin agrees; an origin that refuses must
+        never read them as HTTP.
+        """
         ex = self.upgrading
         ex.bytes_in += len(data)
         if ex.tunnel:
             self.deadline = self.edge.loop.time() + ex.pool.timeouts.tunnel_timeout
-        if ex.origin is not None:
-            ex.origin.transport.write(data)
+            if ex.origin is not None:
+                ex.origin.transport.write(data)
         elif not ex.finished:
-            ex.pending.append(data)
-            ex.pending_bytes += len(data)
-            if ex.pending_bytes > _PENDING_HIGH_WATER:
+            self.early.append(data)
+            self.early_bytes += len(data)
+            if self.early_bytes > _PENDING_HIGH_WATER:
                 self._pause(_PAUSE_PENDING)
 
     def origin_upgraded(self, conn: OriginConnection, headers: list[tuple[bytes, bytes]]) -> None:
@@ -877,6 +912,11 @@ class ClientConnection(asyncio.Protocol):
         self.upgrading = ex
         self.deadline_kind = _TUNNEL
         self.deadline = self.edge.loop.time() + ex.pool.timeouts.tunnel_timeout
+        if self.early:
+            conn.transport.write(b"".join(self.early))
+            self.early = []
+            self.early_bytes = 0
+            self._resume(_PAUSE_PENDING)
 
     def tunnel_from_origin(self, data: bytes) -> None:
         ex = self.current
@@ -965,6 +1005,21 @@ def _drop_named(block: list[bytes], names: set[bytes]) -> list[bytes]:
         if name.lower() not in names:
             out.extend((name, sep, value, crlf))
     return out
+
+
+def _upgrade_body_length(headers: list[tuple[bytes, bytes]]) -> int:
+    """Content-Length of an upgrade request (httptools will not read its body); a chunked one is refused."""
+    length = 0
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"transfer-encoding":
+            raise Rejected(400, "an upgrade request with a chunked body is not supported")
+        if lname == b"content-length":
+            value = value.strip()
+            if not value.isdigit():
+                raise Rejected(400, "invalid Content-Length")
+            length = int(value)
+    return length
 
 
 def _read_sticky_cookie(ex: Exchange, group: ServerPool, forward: list[bytes]) -> list[bytes]:

@@ -7,9 +7,12 @@ events to whichever client exchange currently owns it, and goes back to its pool
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import TYPE_CHECKING, Protocol
 
 import httptools
+
+from tlsedge.upstream.tls import describe_tls_failure
 
 if TYPE_CHECKING:
     from tlsedge.upstream.pool import OriginPool
@@ -169,7 +172,12 @@ class OriginConnection(asyncio.Protocol):
         if not was_closed:
             self.pool.forget(self)
         if client is not None:
-            client.origin_lost(self, f"origin closed the connection ({exc})" if exc else "origin closed the connection")
+            if isinstance(exc, ssl.SSLError):
+                # TLS 1.3: an origin that refuses our (missing) client certificate says so after our handshake ended.
+                reason = describe_tls_failure(exc)
+            else:
+                reason = f"origin closed the connection ({exc})" if exc else "origin closed the connection"
+            client.origin_lost(self, reason)
             client.flush()
 
     def pause_writing(self) -> None:

@@ -147,7 +147,10 @@ _REASONS = {
     "WRONG_VERSION_NUMBER": "the origin does not speak TLS on this port (plain HTTP?)",
     "UNSUPPORTED_PROTOCOL": "the origin offers only TLS versions older than 1.2",
     "TLSV1_ALERT_PROTOCOL_VERSION": "the origin refused TLS 1.2 and 1.3",
-    "SSLV3_ALERT_HANDSHAKE_FAILURE": "the origin refused the handshake (no common cipher or version?)",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": (
+        "the origin refused the handshake (it may require a client certificate, see client_certificate; or it shares "
+        "no cipher or TLS version with the edge)"
+    ),
     "TLSV1_UNRECOGNIZED_NAME": "the origin does not serve the requested server name (origin_server_name?)",
     "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the origin requires a client certificate",
     "SSLV3_ALERT_BAD_CERTIFICATE": "the origin rejected our client certificate",
