@@ -45,7 +45,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package: import its helpers by path
 from edge_vs_nginx import (
     CLK_TCK,
-    HOST,
     LOOPBACK,
     REPO,
     RESULTS_DIR,
@@ -69,6 +68,7 @@ from edge_vs_nginx import (
     wait_ready,
     write_proxy_conf,
 )
+from edge_vs_nginx import write_edge_conf as write_base_edge_conf
 
 ORIGINS = 3
 OVERHEAD_TARGET = 0.05  # issue 3: balancing over 3 servers costs tlsedge < 5 % more CPU per request than 1 server
@@ -196,7 +196,7 @@ def write_nginx_conf(
 
 
 def write_edge_conf(d: Path, port: int, s: Scenario, origins: Sequence[int], certs: dict[str, Path]) -> Path:
-    """The edge as in ``edge_vs_nginx.py`` (one worker, access log off, flexible origin TLS) with this scenario's pool:
+    """The edge of ``edge_vs_nginx.py`` (one worker, access log off, flexible origin TLS) with this scenario's pool:
     the ``origins`` shorthand for one server, a ``[[site.pool]]`` for three."""
     d.mkdir()
     urls = [f"http://{LOOPBACK}:{p}" for p in origins[: s.servers]]
@@ -206,26 +206,7 @@ def write_edge_conf(d: Path, port: int, s: Scenario, origins: Sequence[int], cer
         pool = f'\n[[site.pool]]\nname = "main"\nservers = {json.dumps(urls)}\nbalance = "{s.balance}"\n'
         if s.balance == "hash":
             pool += f'hash_on = "client_ip"\nhash_method = "{s.hash_method}"\n'
-    cfg = d / "tlsedge.toml"
-    cfg.write_text(
-        textwrap.dedent(
-            f"""\
-            [server]
-            state_dir = "{d / "state"}"
-            workers = 1
-            https = ["{LOOPBACK}:{port}"]
-            access_log = "off"
-
-            [[site]]
-            name = "bench"
-            hosts = ["{HOST}"]
-            certificate = {{ cert = "{certs["cert"]}", key = "{certs["key"]}" }}
-            origin_tls = "flexible"
-            """
-        )
-        + pool
-    )
-    return cfg
+    return write_base_edge_conf(d, port, origins[0], certs, pool)
 
 
 def check_edge_conf(edge_cmd: Sequence[str], cfg: Path) -> None:

@@ -499,8 +499,12 @@ def write_proxy_conf(
     return conf
 
 
-def write_edge_conf(d: Path, port: int, origin_port: int, certs: dict[str, Path]) -> Path:
-    """The tlsedge config from the brief: one worker, access log off, same certificate and origin."""
+def write_edge_conf(d: Path, port: int, origin_port: int, certs: dict[str, Path], origins: str | None = None) -> Path:
+    """The tlsedge config from the brief: one worker, access log off, same certificate and origin.
+
+    ``origins`` replaces the site's ``origins = [...]`` line (e.g. by ``[[site.pool]]`` tables, for balancing.py).
+    """
+    origins = origins or f'origins = ["http://{LOOPBACK}:{origin_port}"]\n'
     cfg = d / "tlsedge.toml"
     cfg.write_text(
         textwrap.dedent(
@@ -515,10 +519,10 @@ def write_edge_conf(d: Path, port: int, origin_port: int, certs: dict[str, Path]
             name = "bench"
             hosts = ["{HOST}"]
             certificate = {{ cert = "{certs["cert"]}", key = "{certs["key"]}" }}
-            origins = ["http://{LOOPBACK}:{origin_port}"]
             origin_tls = "flexible"
             """
         )
+        + origins
     )
     return cfg
 

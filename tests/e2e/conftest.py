@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from e2e_support import BLOG_HOSTS, LIVE_EDGES, MAIN_LIMITS, Edge, NginxOrigin, PythonOrigin, main_sites
+from pool_support import Fleet, pool_site
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -91,3 +92,21 @@ def make_edge(tmp_path: Path, pki) -> Iterator[Any]:
     yield make
     for edge in edges:
         edge.stop()
+
+
+@pytest.fixture
+def fleet() -> Iterator[Fleet]:
+    """Origin servers of the pool tests, closed at teardown."""
+    made = Fleet()
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def blog_edge(make_edge, site_certs):
+    """``blog_edge(pool, ..., workers=1)``: an edge whose blog site is served by the given pools."""
+
+    def make(*pools: dict, workers: int = 1, **site_extra):
+        return make_edge([pool_site(site_certs["blog"], list(pools), **site_extra)], workers=workers)
+
+    return make

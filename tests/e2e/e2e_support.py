@@ -376,38 +376,76 @@ class PythonOrigin:
         self._get("/_reset")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
-NGINX_CONF = """\
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Stop a server process with `sig`, killing it if it is still there after 5 s."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+NGINX_FRAME = """\
 daemon off;
 master_process off;
 worker_processes 1;
-error_log {prefix}/error.log warn;
+error_log {prefix}/error.log {level};
 pid {prefix}/nginx.pid;
 events {{ worker_connections 1024; }}
 http {{
-    access_log off;
-    sendfile on;
-    keepalive_requests 100000;
     client_body_temp_path {prefix}/tmp/body;
     proxy_temp_path {prefix}/tmp/proxy;
     fastcgi_temp_path {prefix}/tmp/fastcgi;
     uwsgi_temp_path {prefix}/tmp/uwsgi;
     scgi_temp_path {prefix}/tmp/scgi;
+{http}
+}}
+"""
+
+
+def write_nginx_conf(prefix: Path, http: str, level: str = "warn") -> Path:
+    """``prefix/nginx.conf``: a foreground, single-process nginx with everything under `prefix`, serving `http`
+    (the inside of its http block)."""
+    (prefix / "tmp").mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(NGINX_FRAME.format(prefix=prefix, level=level, http=http))
+    return conf
+
+
+def start_nginx(prefix: Path, conf: Path, ports: Iterable[int]) -> subprocess.Popen:
+    """Run nginx on `conf` until every port accepts; if it does not, stop it and fail with its error log."""
+    proc = subprocess.Popen(
+        ["nginx", "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    ports = list(ports)
+    try:
+        wait_for(lambda: all(port_accepts(p) for p in ports), 10, what=f"nginx on ports {ports}")
+    except AssertionError:
+        stop_process(proc)
+        log = (prefix / "error.log").read_text() if (prefix / "error.log").exists() else ""
+        raise AssertionError(f"nginx did not start:\n{log}") from None
+    return proc
+
+
+NGINX_ORIGIN_HTTP = """\
+    access_log off;
+    sendfile on;
+    keepalive_requests 100000;
     default_type application/octet-stream;
     server {{
         listen 127.0.0.1:{plain};
         root {prefix}/www;
     }}
-{tls_servers}
-}}
-"""
+{tls_servers}"""
 
 NGINX_TLS_SERVER = """\
     server {{
@@ -427,9 +465,8 @@ class NginxOrigin:
 
     def __init__(self, prefix: Path, certs: dict[str, Any]) -> None:
         self.prefix = prefix
-        (prefix / "tmp").mkdir(parents=True, exist_ok=True)
         www = prefix / "www"
-        www.mkdir(exist_ok=True)
+        www.mkdir(parents=True, exist_ok=True)
         (www / "index.html").write_bytes(self.INDEX)
         subprocess.run(["truncate", "-s", str(self.BIG_SIZE), str(www / "big.bin")], check=True)
         self.big_path = www / "big.bin"
@@ -439,32 +476,12 @@ class NginxOrigin:
             NGINX_TLS_SERVER.format(port=self.tls_ports[name], cert=pair.cert, key=pair.key, prefix=prefix)
             for name, pair in certs.items()
         )
-        conf = prefix / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(prefix=prefix, plain=self.plain_port, tls_servers=tls_servers))
-        self.proc = subprocess.Popen(
-            ["nginx", "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-        )
-        try:
-            wait_for(
-                lambda: all(port_accepts(p) for p in [self.plain_port, *self.tls_ports.values()]),
-                10,
-                what="nginx origin ports",
-            )
-        except AssertionError:
-            self.stop()
-            log = (prefix / "error.log").read_text() if (prefix / "error.log").exists() else ""
-            raise AssertionError(f"nginx did not start:\n{log}") from None
+        http = NGINX_ORIGIN_HTTP.format(prefix=prefix, plain=self.plain_port, tls_servers=tls_servers)
+        conf = write_nginx_conf(prefix, http)
+        self.proc = start_nginx(prefix, conf, [self.plain_port, *self.tls_ports.values()])
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
 # ---------------------------------------------------------------------------------------------------------- clients

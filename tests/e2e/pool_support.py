@@ -22,7 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from e2e_support import BLOG_HOSTS, ConnClosed, Edge, RawConn, Response, free_port, port_accepts, site, wait_for
+from e2e_support import (
+    BLOG_HOSTS,
+    ConnClosed,
+    Edge,
+    RawConn,
+    Response,
+    free_port,
+    site,
+    start_nginx,
+    stop_process,
+    wait_for,
+    write_nginx_conf,
+)
 
 from tlsedge.edge.worker import SWEEP_INTERVAL
 
@@ -234,29 +246,15 @@ def _response(status: str, name: str, body: bytes) -> bytes:
     ).encode() + body
 
 
-NGINX_FLEET_CONF = """\
-daemon off;
-master_process off;
-worker_processes 1;
-error_log {prefix}/error.log warn;
-pid {prefix}/nginx.pid;
-events {{ worker_connections 1024; }}
-http {{
+NGINX_FLEET_HTTP = """\
     access_log {prefix}/access.log;
     keepalive_requests 100000;
-    client_body_temp_path {prefix}/tmp/body;
-    proxy_temp_path {prefix}/tmp/proxy;
-    fastcgi_temp_path {prefix}/tmp/fastcgi;
-    uwsgi_temp_path {prefix}/tmp/uwsgi;
-    scgi_temp_path {prefix}/tmp/scgi;
     default_type text/plain;
     server {{
         listen 127.0.0.1:{port};
         location = {health} {{ access_log off; return 200 "healthy"; }}
         location / {{ add_header X-Server {name} always; return 200 "{name}"; }}
-    }}
-}}
-"""
+    }}"""
 
 
 class NginxServer:
@@ -266,10 +264,9 @@ class NginxServer:
     def __init__(self, prefix: Path, name: str = "nginx") -> None:
         self.name = name
         self.prefix = prefix
-        (prefix / "tmp").mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.conf = prefix / "nginx.conf"
-        self.conf.write_text(NGINX_FLEET_CONF.format(prefix=prefix, port=self.port, name=name, health=HEALTH_PATH))
+        http = NGINX_FLEET_HTTP.format(prefix=prefix, port=self.port, name=name, health=HEALTH_PATH)
+        self.conf = write_nginx_conf(prefix, http)
         self.proc: subprocess.Popen | None = None
         self.start()
 
@@ -283,21 +280,11 @@ class NginxServer:
         return len(log.read_text().splitlines()) if log.exists() else 0
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["nginx", "-p", str(self.prefix), "-c", str(self.conf), "-e", str(self.prefix / "error.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-        )
-        wait_for(lambda: port_accepts(self.port), 10, what=f"nginx {self.name} on port {self.port}")
+        self.proc = start_nginx(self.prefix, self.conf, [self.port])
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, sig)
 
 
 # ---------------------------------------------------------------------------------------------------------- configs

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import Edge, free_port, port_accepts, site, wait_for
+from e2e_support import Edge, free_port, site, start_nginx, stop_process, wait_for, write_nginx_conf
 
 from tlsedge.pki.local_ca import LocalCA
 
@@ -26,21 +26,9 @@ PULL_SNIPPET = """\
         ssl_client_certificate {edge_ca};
 """
 
-NGINX_CONF = """\
-daemon off;
-master_process off;
-worker_processes 1;
-error_log {prefix}/error.log info;
-pid {prefix}/nginx.pid;
-events {{ worker_connections 256; }}
-http {{
+NGINX_HTTP = """\
     log_format reuse '$server_port reused=$ssl_session_reused client="$ssl_client_s_dn" $request_uri';
     access_log {prefix}/access.log reuse;
-    client_body_temp_path {prefix}/tmp/body;
-    proxy_temp_path {prefix}/tmp/proxy;
-    fastcgi_temp_path {prefix}/tmp/fastcgi;
-    uwsgi_temp_path {prefix}/tmp/uwsgi;
-    scgi_temp_path {prefix}/tmp/scgi;
     default_type text/plain;
     server {{  # authenticated origin pulls: only clients with a certificate of the edge CA get in
         listen 127.0.0.1:{pull} ssl;
@@ -73,30 +61,20 @@ http {{
         location /elsewhere/ {{
             return 301 https://other.example$request_uri;
         }}
-    }}
-}}
-"""
+    }}"""
 
 
 class PullNginx:
-    """A real nginx with the three servers of NGINX_CONF."""
+    """A real nginx with the three servers of NGINX_HTTP."""
 
     def __init__(self, prefix: Path, cert: Any, edge_ca: Path) -> None:
         self.prefix = prefix
-        (prefix / "tmp").mkdir(parents=True, exist_ok=True)
         self.access_log = prefix / "access.log"
         self.ports = {"pull": free_port(), "reuse": free_port(), "plain": free_port()}
-        conf = prefix / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(prefix=prefix, cert=cert.cert, key=cert.key,
-                                          pull_snippet=PULL_SNIPPET.format(edge_ca=edge_ca), **self.ports))
-        self.proc = subprocess.Popen(["nginx", "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        try:
-            wait_for(lambda: all(port_accepts(p) for p in self.ports.values()), 10, what="nginx ports")
-        except AssertionError:
-            self.stop()
-            log = (prefix / "error.log").read_text() if (prefix / "error.log").exists() else ""
-            raise AssertionError(f"nginx did not start:\n{log}") from None
+        http = NGINX_HTTP.format(prefix=prefix, cert=cert.cert, key=cert.key,
+                                 pull_snippet=PULL_SNIPPET.format(edge_ca=edge_ca), **self.ports)
+        conf = write_nginx_conf(prefix, http, level="info")
+        self.proc = start_nginx(prefix, conf, self.ports.values())
 
     def url(self, name: str) -> str:
         return f"{'http' if name == 'plain' else 'https'}://127.0.0.1:{self.ports[name]}"
@@ -105,12 +83,7 @@ class PullNginx:
         return self.access_log.read_text().splitlines() if self.access_log.exists() else []
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
 class StrictTlsOrigin:

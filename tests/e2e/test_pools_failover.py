@@ -9,12 +9,10 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 from e2e_support import build_request, closed_port, wait_for
 from pool_support import (
-    Fleet,
     FleetServer,
     LoadLoop,
     NginxServer,
@@ -27,23 +25,6 @@ from pool_support import (
 )
 
 NO_EJECTION = {"consecutive_failures": 0}
-
-
-@pytest.fixture
-def fleet() -> Iterator[Fleet]:
-    made = Fleet()
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def blog_edge(make_edge, site_certs):
-    """``blog_edge(pool, ...)``: an edge whose blog site is served by the given pools."""
-
-    def make(*pools: dict, **site_extra):
-        return make_edge([pool_site(site_certs["blog"], list(pools), **site_extra)])
-
-    return make
 
 
 def _dead() -> str:

@@ -8,12 +8,9 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
 
-import pytest
 from e2e_support import ConnClosed, wait_for
 from pool_support import (
-    Fleet,
     LoadLoop,
     get,
     health,
@@ -24,22 +21,6 @@ from pool_support import (
     wait_health,
     wait_logged,
 )
-
-
-@pytest.fixture
-def fleet() -> Iterator[Fleet]:
-    made = Fleet()
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def blog_edge(make_edge, site_certs):
-    def make(*pools: dict, workers: int = 1, **site_extra):
-        return make_edge([pool_site(site_certs["blog"], list(pools), **site_extra)], workers=workers)
-
-    return make
-
 
 # ---------------------------------------------------------------------------------------------------------- active
 

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tlsedge.config import ConfigError, load_config
@@ -107,39 +108,26 @@ class Supervisor:
 
     def _spawn_monitor(self, generation: Generation) -> None:
         """One process per generation runs the active health checks; workers read its verdicts from shared memory."""
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-                # The monitor serves no clients: holding listening sockets would keep removed ports half-open.
-                self.listeners.close_all()
-                config = generation.config
-                contexts = generation.upstream.contexts
-                code = run_monitor(
-                    config,
-                    generation.upstream.health,
-                    lambda site, pool, origin: (
-                        contexts.get((site.name, pool.name)) if origin.tls else None,
-                        origin_server_name(pool, origin),
-                    ),
-                )
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        generation.monitor = pid
+        contexts = generation.upstream.contexts
+
+        def monitor() -> int:
+            # The monitor serves no clients: holding listening sockets would keep removed ports half-open.
+            self.listeners.close_all()
+            return run_monitor(
+                generation.config,
+                generation.upstream.health,
+                lambda site, pool, origin: (
+                    contexts.get((site.name, pool.name)) if origin.tls else None,
+                    origin_server_name(pool, origin),
+                ),
+            )
+
+        generation.monitor = _fork(monitor)
 
     def _spawn(self, generation: Generation) -> None:
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-                code = run_worker(generation.config, generation.sockets, generation.tls, generation.upstream)
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        generation.pids.add(pid)
+        generation.pids.add(
+            _fork(lambda: run_worker(generation.config, generation.sockets, generation.tls, generation.upstream))
+        )
 
     def reload(self) -> None:
         """Start a new generation from the file; on any problem keep the running one and say why."""
@@ -253,6 +241,20 @@ class Supervisor:
             _signal(pid, signal.SIGKILL)
         log.info("stopped")
         return 0
+
+
+def _fork(run: Callable[[], int]) -> int:
+    """Start a child that runs `run` with the signals unblocked and exits with its code; returns the child's pid."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            code = run()
+        finally:
+            logging.shutdown()
+            os._exit(code)
+    return pid
 
 
 def _upstream_setup(config: Config) -> UpstreamSetup:

@@ -627,8 +627,6 @@ class ClientConnection(asyncio.Protocol):
                 return
             self._unavailable(ex)
             return
-        if group.sticky is not None and server.key != ex.sticky_key:
-            ex.set_cookie = group.sticky.set_cookie_line(server.key, self.tls)
         self._forward(ex, server)
 
     def _unavailable(self, ex: Exchange) -> None:
@@ -651,6 +649,9 @@ class ClientConnection(asyncio.Protocol):
     def _forward(self, ex: Exchange, server: UpstreamServer, fresh: bool = False) -> None:
         pool = server.conns
         ex.server = server
+        sticky = ex.group.sticky
+        if sticky is not None and server.key != ex.sticky_key:
+            ex.set_cookie = sticky.set_cookie_line(server.key, self.tls)  # pin the client to the server it got
         ex.pool = pool
         ex.attempts += 1
         if not ex.t_first:  # the request's first attempt (resending on a fresh connection is not a new one)
@@ -674,7 +675,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.closed or ex.finished:
             return
-        label = server.label
+        label = server.key
         if isinstance(exc, PoolFull):
             # Another request took the last slot while this one connected: choose again (or wait).
             ex.attempts -= 1
@@ -706,8 +707,6 @@ class ClientConnection(asyncio.Protocol):
             other = group.pick(ex.hash_key, tried)
             if other is not None:
                 if group.budget.withdraw():
-                    if group.sticky is not None:
-                        ex.set_cookie = group.sticky.set_cookie_line(other.key, self.tls)
                     self._forward(ex, other)
                     return
                 reason += " (no retry: the pool's retry budget is spent)"
@@ -743,7 +742,7 @@ class ClientConnection(asyncio.Protocol):
             ex.origin = None
             self._answer(
                 ex, 502,
-                f"origin {ex.server.label} redirects https://{ex.host.decode()}{ex.target.decode('latin-1')} to "
+                f"origin {ex.server.key} redirects https://{ex.host.decode()}{ex.target.decode('latin-1')} to "
                 "itself: it is reached over plain HTTP (origin_tls = 'flexible') and insists on https; set "
                 "origin_tls = 'full' or 'strict' for this pool so the edge talks TLS to it",
                 close=False, text=REDIRECT_LOOP_TEXT,
@@ -840,7 +839,7 @@ class ClientConnection(asyncio.Protocol):
                 ex.attempts -= 1
                 self._forward(ex, ex.server, fresh=True)
                 return
-            self._attempt_failed(ex, 502, f"origin {ex.server.label}: {reason}", resend=replayable)
+            self._attempt_failed(ex, 502, f"origin {ex.server.key}: {reason}", resend=replayable)
             return
         elif ex.origin_eof_ends_body:
             # A close-delimited response: the origin's close is the end of the body, not a failure.
@@ -886,7 +885,8 @@ class ClientConnection(asyncio.Protocol):
         ex = self.upgrading
         ex.bytes_in += len(data)
         if ex.tunnel:
-            self.deadline = self.edge.loop.time() + ex.pool.timeouts.tunnel_timeout
+            if self.deadline_kind == _TUNNEL:
+                self._arm(_TUNNEL)
             if ex.origin is not None:
                 ex.origin.transport.write(data)
         elif not ex.finished:
@@ -910,8 +910,7 @@ class ClientConnection(asyncio.Protocol):
             b"".join((status_line(101), *fields, b"Connection: upgrade\r\nUpgrade: %s\r\n\r\n" % protocol))
         )
         self.upgrading = ex
-        self.deadline_kind = _TUNNEL
-        self.deadline = self.edge.loop.time() + ex.pool.timeouts.tunnel_timeout
+        self._arm(_TUNNEL)
         if self.early:
             conn.transport.write(b"".join(self.early))
             self.early = []
@@ -922,7 +921,7 @@ class ClientConnection(asyncio.Protocol):
         ex = self.current
         ex.bytes_out += len(data)
         if self.deadline_kind == _TUNNEL:
-            self.deadline = self.edge.loop.time() + ex.pool.timeouts.tunnel_timeout
+            self._arm(_TUNNEL)
         self.out.append(data)
         self.flush()
 

@@ -102,17 +102,8 @@ def _leaf(
         .add_extension(x509.SubjectAlternativeName([_san(n) for n in names]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=is_rsa,  # RSA key exchange is never used by our TLS settings, but old clients check
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            # keyEncipherment: RSA key exchange is never used by our TLS settings, but old clients check for it.
+            _key_usage(digital_signature=True, key_encipherment=is_rsa),
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -122,6 +113,17 @@ def _leaf(
     if aki is not None:
         builder = builder.add_extension(aki, critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _key_usage(**granted: bool) -> x509.KeyUsage:
+    """A KeyUsage extension with only the named usages set (the constructor wants all nine spelled out)."""
+    usages = dict.fromkeys(
+        ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
+         "key_cert_sign", "crl_sign", "encipher_only", "decipher_only"),
+        False,
+    )
+    usages.update(granted)
+    return x509.KeyUsage(**usages)
 
 
 @dataclass(frozen=True)
@@ -164,17 +166,7 @@ class LocalCA:
             .not_valid_after(end)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
+                _key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True),
                 critical=True,
             )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)

@@ -105,20 +105,21 @@ class OriginConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         """Drop the connection: used when an exchange ends in a state that leaves the framing unknown."""
-        self.client = None
-        self._end_exchange()
-        if not self.closed:
-            self.closed = True
-            self.transport.abort()
-            self.pool.forget(self)
+        self._drop(graceful=False)
 
     def close_tunnel(self) -> None:
         """End a tunnel from the client's side: flush what the client sent, then close."""
+        self._drop(graceful=True)
+
+    def _drop(self, *, graceful: bool) -> None:
         self.client = None
         self._end_exchange()
         if not self.closed:
             self.closed = True
-            self.transport.close()
+            if graceful:
+                self.transport.close()
+            else:
+                self.transport.abort()
             self.pool.forget(self)
 
     # --- asyncio.Protocol --------------------------------------------------------------------------------------
@@ -152,11 +153,7 @@ class OriginConnection(asyncio.Protocol):
                 self._complete(keep_alive)
                 client.flush()
                 return
-            self.client = None
-            self._end_exchange()
-            self.closed = True
-            self.transport.abort()
-            self.pool.forget(self)
+            self.abort()
             client.origin_lost(self, f"invalid response from origin: {exc.__context__ or exc}")
         client.flush()
 
@@ -226,7 +223,7 @@ class OriginConnection(asyncio.Protocol):
             self.pool.tls_resumed += 1
         session = ssl_object.session
         context = self.pool.ssl_context
-        if session is not None and self.pool.server_name and hasattr(context, "remember"):
+        if session is not None and self.pool.server_name:
             context.remember(self.pool.server_name, session)
 
     def on_message_complete(self) -> None:
@@ -248,9 +245,7 @@ class OriginConnection(asyncio.Protocol):
         """Called by the sweeper when `deadline` passed: idle too long in the pool, or the origin is too slow."""
         client = self.client
         if client is None:
-            self.closed = True
-            self.transport.close()
-            self.pool.forget(self)
+            self._drop(graceful=True)
             return
         client.origin_timeout(self)
         client.flush()

@@ -37,7 +37,6 @@ class UpstreamServer:
         "health_slot",
         "health_up",
         "key",
-        "label",
         "latency",
         "load_weight",
         "outlier",
@@ -62,7 +61,6 @@ class UpstreamServer:
         self.config = config
         self.conns = conns
         self.key = str(config.origin)
-        self.label = self.key
         self.pool_name = pool_name
         self.weight = config.weight
         self.load_weight = float(config.weight)
@@ -136,7 +134,7 @@ class UpstreamServer:
         self.usable = False
         log.warning(
             "pool %s server %s ejected for %.0f s after %d failures in a row (last: %s)",
-            self.pool_name, self.label, period, threshold, reason,
+            self.pool_name, self.key, period, threshold, reason,
         )
 
     # --- periodic upkeep ---------------------------------------------------------------------------------------------
@@ -153,7 +151,7 @@ class UpstreamServer:
         if self.ejected_until and self.ejected_until <= now:
             self.ejected_until = 0.0
             self.returned_at = now
-            log.info("pool %s server %s returns after ejection", self.pool_name, self.label)
+            log.info("pool %s server %s returns after ejection", self.pool_name, self.key)
         elif self.ejections and not self.ejected_until and now - self.returned_at > self.outlier.max_ejection:
             self.ejections = 0  # well-behaved for a long time: the next ejection starts short again
         self._refresh(now)

@@ -69,14 +69,9 @@ def origin_ssl_context(
         try:
             ctx.load_cert_chain(str(files.cert), str(files.key))
         except (OSError, ssl.SSLError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             problems.append(
-                Problem(
-                    file=config_path or Path(files.cert),
-                    field=f"{where}.client_certificate" if where else "client_certificate",
-                    reason=f"cannot load the client certificate {files.cert} with key {files.key}: {reason}",
-                    site=site,
-                )
+                _file_problem(exc, config_path or Path(files.cert), where, "client_certificate", site,
+                              f"cannot load the client certificate {files.cert} with key {files.key}")
             )
     if pool.origin_tls == "full":
         ctx.check_hostname = False
@@ -89,18 +84,20 @@ def origin_ssl_context(
             try:
                 ctx.load_verify_locations(cafile=str(pool.origin_ca))
             except (OSError, ssl.SSLError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 problems.append(
-                    Problem(
-                        file=config_path or Path(pool.origin_ca),
-                        field=f"{where}.origin_ca" if where else "origin_ca",
-                        reason=f"cannot load CA certificates from {pool.origin_ca}: {reason}",
-                        site=site,
-                    )
+                    _file_problem(exc, config_path or Path(pool.origin_ca), where, "origin_ca", site,
+                                  f"cannot load CA certificates from {pool.origin_ca}")
                 )
     if problems:
         raise TlsSetupError(problems)
     return ctx
+
+
+def _file_problem(exc: OSError | ssl.SSLError, file: Path, where: str, key: str, site: str | None,
+                  what: str) -> Problem:
+    """A file the context could not load, as the operator should read it."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return Problem(file=file, field=f"{where}.{key}" if where else key, reason=f"{what}: {reason}", site=site)
 
 
 def pool_where(site_name: str, pool: PoolConfig) -> str:
