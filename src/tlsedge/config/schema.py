@@ -16,6 +16,11 @@ Balance = Literal["round_robin", "least_requests", "power_of_two", "hash"]
 HashMethod = Literal["ring", "maglev"]
 HashSource = Literal["client_ip", "header", "cookie", "uri"]
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+AcmeKeyType = Literal["ecdsa-p256", "ecdsa-p384", "rsa2048", "rsa3072"]
+AcmeChallenge = Literal["http-01", "tls-alpn-01"]
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+# ``client_certificate = "origin-ca"``: the edge's client certificate for the site, issued by tlsedge's origin CA.
+ORIGIN_CA_CLIENT = "origin-ca"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +71,39 @@ class CertificateFiles:
 
     cert: Path
     key: Path
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalAccountBinding:
+    """ACME External Account Binding (RFC 8555 7.3.4): a key id and the name of the variable holding the MAC key."""
+
+    kid: str
+    hmac_key_env: str  # environment variable with the base64url HMAC key (a secret: not in the config file)
+
+
+@dataclass(frozen=True, slots=True)
+class AcmeSettings:
+    """How a site's public certificate is ordered and renewed over ACME (``[acme]`` defaults, per-site overrides)."""
+
+    directory: str = LETS_ENCRYPT
+    contact: str | None = None  # e-mail address for the account (expiry notices)
+    key_type: AcmeKeyType = "ecdsa-p256"
+    challenges: tuple[AcmeChallenge, ...] = ("http-01", "tls-alpn-01")  # tried in this order
+    profile: str | None = None  # ACME profile (e.g. "shortlived") when the directory offers profiles
+    eab: ExternalAccountBinding | None = None
+    directory_ca: Path | None = None  # trust anchors for the directory's own HTTPS (test CAs); None: system roots
+    renew_remaining: float = 1 / 3  # renew when this fraction of the lifetime is left (ARI's window wins)
+    retry_min: float = 60.0  # first retry after a failed order; doubles per failure (with jitter)
+    retry_max: float = 6 * 3600.0
+    check_interval: float = 600.0  # the manager looks at every certificate at least this often
+
+
+@dataclass(frozen=True, slots=True)
+class ManagedCertificate:
+    """A certificate tlsedge keeps in its store: ordered over ACME, or imported with ``tlsedge cert import``."""
+
+    source: Literal["acme", "import"]
+    acme: AcmeSettings | None = None  # for source "acme"
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +187,8 @@ class PoolConfig:
     origin_tls: OriginTls
     origin_ca: Path | None = None  # strict: extra trust anchors (PEM bundle) besides the system roots
     origin_server_name: str | None = None  # SNI and verified name; default: each server's host
-    client_certificate: CertificateFiles | None = None  # authenticated origin pulls: the edge's certificate
+    # authenticated origin pulls: the edge's certificate, or ORIGIN_CA_CLIENT for one issued by the origin CA
+    client_certificate: CertificateFiles | Literal["origin-ca"] | None = None
     balance: Balance = "round_robin"
     hash_on: HashSource = "client_ip"  # only for balance = "hash"
     hash_key: str | None = None  # header name (lower-case) or cookie name for hash_on header/cookie
@@ -208,11 +247,17 @@ class SiteConfig:
     routes: tuple[RouteConfig, ...] = ()
     origin_ca: Path | None = None  # default of the site's pools
     origin_server_name: str | None = None  # default of the site's pools
-    origin_client_certificate: CertificateFiles | None = None  # default of the site's pools
+    origin_client_certificate: CertificateFiles | Literal["origin-ca"] | None = None  # default of the site's pools
+    managed_certificate: ManagedCertificate | None = None  # certificate from the store (ACME or imported)
     redirect_http: bool = True  # http listener answers 308 to https (only for sites with certificates)
     hsts: str | None = None  # value of Strict-Transport-Security added to https responses
     max_body_size: int = 100 * 1024 * 1024  # request body limit; over it -> 413; 0 = unlimited
     origin: OriginTimeouts = field(default_factory=OriginTimeouts)
+
+    @property
+    def serves_https(self) -> bool:
+        """The site has (or will get) a certificate: from files, ACME or an import."""
+        return bool(self.certificates) or self.managed_certificate is not None
 
     @property
     def origins(self) -> tuple[Origin, ...]:
