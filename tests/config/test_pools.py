@@ -546,7 +546,9 @@ def test_client_certificate_files_are_checked(pki, app_config):
     reason = problem_at(
         app_config(tls_api(client_certificate="certs/edge-client.pem")), "site[app].pool[api].client_certificate"
     ).reason
-    assert "must be a table" in reason
+    assert "or a table" in reason and "'certs/edge-client.pem'" in reason
+    config = load_config(app_config(tls_api(client_certificate="origin-ca")))
+    assert config.site("app").pool("api").client_certificate == "origin-ca"
 
 
 def test_client_certificate_warnings(pki, app_config):

@@ -15,7 +15,7 @@ import re
 import stat
 import tomllib
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast, get_args
@@ -26,15 +26,22 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from . import certs
 from .errors import ConfigError, Problem
 from .schema import (
+    LETS_ENCRYPT,
+    ORIGIN_CA_CLIENT,
+    AcmeChallenge,
+    AcmeKeyType,
+    AcmeSettings,
     Balance,
     CertificateFiles,
     Config,
+    ExternalAccountBinding,
     HashMethod,
     HeaderEdits,
     HealthCheck,
     IpNetwork,
     Limits,
     Listener,
+    ManagedCertificate,
     Origin,
     OriginTimeouts,
     OriginTls,
@@ -70,7 +77,7 @@ from .values import (
 
 T = TypeVar("T")
 
-_ROOT_KEYS = ("server", "site")
+_ROOT_KEYS = ("server", "acme", "site")
 _SERVER_KEYS = (
     "state_dir",
     "workers",
@@ -100,6 +107,25 @@ _SITE_KEYS = (
     "route",
 )
 _CERTIFICATE_KEYS = ("cert", "key")
+_ACME_KEYS = (
+    "directory",
+    "contact",
+    "key_type",
+    "challenges",
+    "profile",
+    "eab",
+    "directory_ca",
+    "renew_remaining",
+    "retry_min",
+    "retry_max",
+    "check_interval",
+)
+# What a site's certificate = { acme = true, ... } may override; the rest is edge-wide ([acme]).
+_SITE_ACME_KEYS = ("acme", "directory", "contact", "key_type", "challenges", "profile", "eab", "directory_ca")
+_EAB_KEYS = ("kid", "hmac_key_env")
+_ACME_KEY_TYPES: tuple[str, ...] = get_args(AcmeKeyType)
+_ACME_CHALLENGES: tuple[str, ...] = get_args(AcmeChallenge)
+_EMAIL_RE = re.compile(r"^[^@\s:/]+@[^@\s:/]+\.[^@\s:/]+$")
 _STICKY_KEYS = ("cookie", "max_age")
 _ROUTE_KEYS = (
     "path",
@@ -136,7 +162,8 @@ def load_config(path: Path) -> Config:
     data = _read_toml(report)
     root = _Table(report, data, "", None, _ROOT_KEYS)
     server = _server(root)
-    sites = _sites(root)
+    acme = _acme_defaults(root)
+    sites = _sites(root, acme)
     _check_server_against_sites(root, server, sites)
     if report.problems:
         raise ConfigError(report.problems)
@@ -439,7 +466,7 @@ def _limits(t: _Table) -> Limits:
 # --- [[site]] ---------------------------------------------------------------------------------------------------------
 
 
-def _sites(root: _Table) -> tuple[SiteConfig, ...]:
+def _sites(root: _Table, acme: AcmeSettings) -> tuple[SiteConfig, ...]:
     if root.data.get("site") in (None, []):
         root.problem("site", "no site configured; add a [[site]] table with name, hosts and origins")
     names: dict[str, str] = {}
@@ -448,7 +475,7 @@ def _sites(root: _Table) -> tuple[SiteConfig, ...]:
     for index, item in root.tables("site", "[[site]]"):
         where = f"site[{index}]"
         name = _entry_name(root, item, where, names, "site", "blog")
-        sites.append(_site(root.report, item, f"site[{name}]" if name else where, name, host_owners))
+        sites.append(_site(root.report, item, f"site[{name}]" if name else where, name, host_owners, acme))
     return tuple(sites)
 
 
@@ -482,11 +509,17 @@ def _entry_name(
 
 
 def _site(
-    report: _Report, item: dict[str, Any], prefix: str, name: str | None, host_owners: dict[str, str]
+    report: _Report,
+    item: dict[str, Any],
+    prefix: str,
+    name: str | None,
+    host_owners: dict[str, str],
+    acme: AcmeSettings,
 ) -> SiteConfig:
     t = _Table(report, item, prefix, name, _SITE_KEYS)
     hosts = _hosts(t, host_owners)
-    certificates = _certificates(t, hosts)
+    managed = _managed_certificate(t, hosts, acme)
+    certificates = () if managed is not None else _certificates(t, hosts)
     defaults = _tls_defaults(t)
     pools, pool_names = _pools(t, defaults)
     _check_site_tls_used(t, defaults, pools)
@@ -507,6 +540,7 @@ def _site(
             origin_ca=defaults.ca,
             origin_server_name=defaults.server_name,
             origin_client_certificate=defaults.client_certificate,
+            managed_certificate=managed,
             max_body_size=t.size("max_body_size"),
             origin=_origin_timeouts(t.child(origin, f"{prefix}.origin", _ORIGIN)) if origin is not None else None,
         ),
@@ -694,6 +728,128 @@ def _check_coverage(t: _Table, hosts: list[tuple[str, str]], leaves: list[x509.C
             )
 
 
+# --- certificates from the store: ACME and imports -------------------------------------------------------------------
+
+
+def _acme_defaults(root: _Table) -> AcmeSettings:
+    """The edge-wide ``[acme]`` table: defaults for every site whose certificate comes from ACME."""
+    raw = root.table("acme")
+    if raw is None:
+        return AcmeSettings()
+    t = root.child(raw, "acme", _ACME_KEYS)
+    base = AcmeSettings()
+    retry_min = t.duration("retry_min")
+    retry_max = t.duration("retry_max")
+    if retry_min is not None and retry_max is not None and retry_min > retry_max:
+        t.problem("retry_max", f"is shorter than retry_min ({retry_max:g} s < {retry_min:g} s); raise it")
+    renew = t.fraction("renew_remaining")
+    if renew is not None and not 0 < renew < 1:
+        t.problem("renew_remaining", f"must be between 0 and 1 (exclusive), e.g. 0.33, not {renew:g}")
+        renew = None
+    return replace(
+        _acme_overrides(t, base),
+        **_given(
+            renew_remaining=renew,
+            retry_min=retry_min,
+            retry_max=retry_max,
+            check_interval=t.duration("check_interval"),
+        ),
+    )
+
+
+def _acme_overrides(t: _Table, base: AcmeSettings) -> AcmeSettings:
+    """The settings a site may override (and ``[acme]`` sets edge-wide), applied on top of ``base``."""
+    directory = t.string("directory")
+    if directory is not None and not directory.startswith("https://"):
+        t.problem("directory", f"{directory!r} is not an https:// URL; give the directory URL, e.g. {LETS_ENCRYPT!r}")
+        directory = None
+    contact = t.string("contact")
+    if contact is not None:
+        contact = contact.removeprefix("mailto:")
+        if not _EMAIL_RE.match(contact):
+            t.problem("contact", f"{contact!r} is not an e-mail address; write e.g. 'ops@example.com'")
+            contact = None
+    challenges = None
+    items = t.strings("challenges")
+    if items is not None:
+        chosen = [text for where, text in items if t.attempt(where, lambda text=text: _challenge(text))]
+        if not items:
+            t.problem("challenges", f"is empty; list one or both of {', '.join(map(repr, _ACME_CHALLENGES))}")
+        challenges = tuple(dict.fromkeys(chosen)) or None
+    directory_ca = t.path("directory_ca")
+    if directory_ca is not None:
+        t.attempt(t.field("directory_ca"), lambda: certs.read_certificates(directory_ca))
+    return replace(
+        base,
+        **_given(
+            directory=directory,
+            contact=contact,
+            key_type=t.choice("key_type", _ACME_KEY_TYPES),
+            challenges=challenges,
+            profile=t.string("profile"),
+            eab=_eab(t),
+            directory_ca=directory_ca,
+        ),
+    )
+
+
+def _challenge(text: str) -> str:
+    if text not in _ACME_CHALLENGES:
+        raise ValueError(
+            f"{text!r} is not a challenge tlsedge answers; use {' or '.join(map(repr, _ACME_CHALLENGES))}"
+            f"{suggest(text, _ACME_CHALLENGES)}"
+        )
+    return text
+
+
+def _eab(t: _Table) -> ExternalAccountBinding | None:
+    raw = t.table("eab")
+    if raw is None:
+        return None
+    e = t.child(raw, t.field("eab"), _EAB_KEYS)
+    has_kid = e.require("kid", 'give the key identifier your CA gave you, e.g. kid = "kid-1"')
+    has_env = e.require(
+        "hmac_key_env", 'name the environment variable holding the HMAC key, e.g. hmac_key_env = "TLSEDGE_EAB_KEY"'
+    )
+    kid, env = e.string("kid"), e.string("hmac_key_env")
+    if not (has_kid and has_env) or kid is None or env is None:
+        return None
+    if not os.environ.get(env):
+        e.problem(
+            "hmac_key_env",
+            f"the environment variable {env} is not set; export the base64url HMAC key your CA gave you in it "
+            "(the key is a secret, so it is not written in the configuration)",
+        )
+    return ExternalAccountBinding(kid=kid, hmac_key_env=env)
+
+
+def _managed_certificate(t: _Table, hosts: list[tuple[str, str]], acme: AcmeSettings) -> ManagedCertificate | None:
+    """``certificate = { acme = true, ... }`` or ``{ imported = true }``: a certificate kept in the store."""
+    raw = t.data.get("certificate")
+    if not isinstance(raw, dict) or not ("acme" in raw or "imported" in raw):
+        return None
+    where = t.field("certificate")
+    if "imported" in raw:
+        c = t.child(raw, where, ("imported",))
+        if c.boolean("imported") is not True:
+            c.problem("imported", "must be true (the certificate comes from `tlsedge cert import`), or remove it")
+        return ManagedCertificate(source="import")
+    c = t.child(raw, where, _SITE_ACME_KEYS)
+    if c.boolean("acme") is not True:
+        c.problem("acme", "must be true to order the certificate over ACME; for files write { cert = ..., key = ... }")
+    settings = _acme_overrides(c, acme)
+    for host_where, host in hosts:
+        if host.startswith("*."):
+            t.at(
+                host_where,
+                f"{host!r} is a wildcard: ACME issues wildcards only over the dns-01 challenge, which tlsedge does "
+                "not answer; list the names, or import a wildcard certificate (certificate = { imported = true })",
+            )
+        elif is_ip_address(host):
+            t.at(host_where, f"{host!r} is an IP address: tlsedge orders ACME certificates for DNS names only")
+    return ManagedCertificate(source="acme", acme=settings)
+
+
 # --- origin TLS: the site's defaults and each pool's own settings -----------------------------------------------------
 
 
@@ -705,7 +861,7 @@ class _TlsDefaults:
     mode: OriginTls | None
     ca: Path | None
     server_name: str | None
-    client_certificate: CertificateFiles | None
+    client_certificate: CertificateFiles | Literal["origin-ca"] | None
 
 
 # Site-level key -> the pool key (and PoolConfig field) that overrides it, and the modes in which it means something.
@@ -731,8 +887,17 @@ def _server_name(t: _Table, key: str) -> str | None:
     return t.parsed(key, lambda text: normalize_hostname(text, allow_wildcard=False))
 
 
-def _client_certificate(t: _Table, key: str) -> CertificateFiles | None:
+def _client_certificate(t: _Table, key: str) -> CertificateFiles | Literal["origin-ca"] | None:
     """The certificate the edge presents to origins that ask for one (authenticated origin pulls)."""
+    if t.data.get(key) == ORIGIN_CA_CLIENT:
+        return ORIGIN_CA_CLIENT
+    if isinstance(t.data.get(key), str):
+        t.problem(
+            key,
+            f'must be "{ORIGIN_CA_CLIENT}" (a client certificate from tlsedge\'s origin CA) or a table '
+            f'{{ cert = "...", key = "..." }}, not {t.data[key]!r}',
+        )
+        return None
     raw = t.table(key)
     if raw is None:
         return None
@@ -1440,7 +1605,7 @@ def _check_server_against_sites(root: _Table, server: ServerConfig, sites: tuple
             "server.default_site",
             f"no site is named {server.default_site!r}{suggest(server.default_site, names)}; sites are: {known}",
         )
-    if server.https and sites and not any(site.certificates for site in sites):
+    if server.https and sites and not any(site.serves_https for site in sites):
         report.problem(
             "server.https",
             "https listeners are configured but no site has a certificate; add "
@@ -1449,16 +1614,35 @@ def _check_server_against_sites(root: _Table, server: ServerConfig, sites: tuple
     for site in sites:
         prefix = f"site[{site.name}]" if site.name else "site"
         site_name = site.name or None
-        if site.certificates and not server.https:
+        if site.serves_https and not server.https:
             report.warn(
                 f"{prefix}.certificate",
                 'the site has a certificate but [server] has no https listener; add one, e.g. https = ["0.0.0.0:443"]',
                 site_name,
             )
-        if not site.certificates and not server.http:
+        if not site.serves_https and not server.http:
             report.warn(
                 prefix,
                 "the site has no certificate and [server] has no http listener, so it cannot be "
                 'reached; add a certificate, or an http listener (http = ["0.0.0.0:80"])',
                 site_name,
             )
+        managed = site.managed_certificate
+        if managed is not None and managed.acme is not None:
+            _check_challenges_reachable(report, f"{prefix}.certificate.challenges", managed.acme, server, site_name)
+
+
+def _check_challenges_reachable(
+    report: _Report, where: str, acme: AcmeSettings, server: ServerConfig, site: str | None
+) -> None:
+    """HTTP-01 is answered on the http listener, TLS-ALPN-01 on the https one: a challenge needs its listener."""
+    listener = {"http-01": bool(server.http), "tls-alpn-01": bool(server.https)}
+    usable = [c for c in acme.challenges if listener[c]]
+    missing = [c for c in acme.challenges if not listener[c]]
+    if not missing:
+        return
+    needs = " and ".join(f"{c} needs an {'http' if c == 'http-01' else 'https'} listener" for c in missing)
+    if usable:
+        report.warn(where, f"{needs}, so only {', '.join(usable)} will be tried", site)
+    else:
+        report.problem(where, f"{needs}; add the listener to [server] or choose another challenge", site)
