@@ -15,11 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tlsedge.config import ConfigError, load_config
+from tlsedge.config.errors import Problem
 from tlsedge.config.schema import Config
+from tlsedge.control.certmanager import acme_sites, run_certmanager
 from tlsedge.control.listeners import ListenerSet
 from tlsedge.control.monitor import run_monitor
 from tlsedge.edge.worker import RETIRE_SIGNAL, run_worker
 from tlsedge.pipeline.site import UpstreamSetup
+from tlsedge.pki.temporary import ensure_temporary
+from tlsedge.store import Store, StoreError, open_store
 from tlsedge.tls.server import TlsSetupError, TlsTable, build_tls_table
 from tlsedge.tls.tickets import load_or_create_ticket_keys
 from tlsedge.upstream.shared import SharedHealth, carry_over, health_slots
@@ -33,11 +37,14 @@ _KILL_GRACE = 5.0
 _RESPAWN_FIRST = 0.1  # seconds before restarting a crashed worker; doubles per crash within _CRASH_WINDOW
 _RESPAWN_MAX = 30.0
 _CRASH_WINDOW = 60.0
-_MONITOR_RESPAWN = 2.0  # seconds before restarting a crashed health monitor (workers keep its last verdicts)
+_AUX_RESPAWN = 2.0  # seconds before restarting a crashed auxiliary process (workers keep its last results)
 
 
 class Generation:
-    """The workers (and the health monitor, if any pool is checked) started from one configuration."""
+    """The workers, and the auxiliary processes (health monitor, certificate manager), started from one configuration.
+
+    Auxiliary processes run what must happen once per edge; they are named, and restarted by name when they crash.
+    """
 
     def __init__(self, config: Config, tls: TlsTable | None, sockets: list, upstream: UpstreamSetup) -> None:
         self.config = config
@@ -45,7 +52,11 @@ class Generation:
         self.sockets = sockets
         self.upstream = upstream
         self.pids: set[int] = set()
-        self.monitor: int | None = None
+        self.aux: dict[str, int] = {}  # name -> pid of the running auxiliary processes
+
+    @property
+    def all_pids(self) -> set[int]:
+        return self.pids | set(self.aux.values())
 
 
 class Supervisor:
@@ -63,7 +74,7 @@ class Supervisor:
         self.respawn_at = 0.0
         self.crashes = 0
         self.last_crash = 0.0
-        self.monitor_respawn_at = 0.0
+        self.aux_respawn_at: dict[str, float] = {}
 
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
@@ -79,8 +90,8 @@ class Supervisor:
             wait = 1.0
             if self.respawns:
                 wait = max(0.0, min(wait, self.respawn_at - time.monotonic()))
-            if self.monitor_respawn_at:
-                wait = max(0.0, min(wait, self.monitor_respawn_at - time.monotonic()))
+            for at in self.aux_respawn_at.values():
+                wait = max(0.0, min(wait, at - time.monotonic()))
             info = signal.sigtimedwait(_SIGNALS, wait)
             self._reap()
             self._respawn_due()
@@ -97,32 +108,49 @@ class Supervisor:
         tls = None
         if config.server.https:
             keys = load_or_create_ticket_keys(config.server.state_dir)
-            tls = build_tls_table(config, keys)
+            tls = build_tls_table(config, keys, _store_with_certificates(config))
         return Generation(config, tls, sockets, _upstream_setup(config))
 
     def _spawn_all(self, generation: Generation) -> None:
         for _ in range(generation.config.server.workers):
             self._spawn(generation)
-        if generation.upstream.health is not None:
-            self._spawn_monitor(generation)
+        for name in self._aux_processes(generation):
+            self._spawn_aux(generation, name)
 
-    def _spawn_monitor(self, generation: Generation) -> None:
-        """One process per generation runs the active health checks; workers read its verdicts from shared memory."""
+    def _aux_processes(self, generation: Generation) -> dict[str, Callable[[], int]]:
+        """What runs once per edge for this configuration, by name."""
+        processes: dict[str, Callable[[], int]] = {}
+        if generation.upstream.health is not None:
+            processes["health monitor"] = lambda: self._run_monitor(generation)
+        if acme_sites(generation.config):
+            processes["certificate manager"] = lambda: self._run_certmanager(generation)
+        return processes
+
+    def _spawn_aux(self, generation: Generation, name: str) -> None:
+        run = self._aux_processes(generation)[name]
+
+        def child() -> int:
+            # Auxiliary processes serve no clients: holding listening sockets would keep removed ports half-open.
+            self.listeners.close_all()
+            return run()
+
+        generation.aux[name] = _fork(child)
+
+    def _run_certmanager(self, generation: Generation) -> int:
+        return run_certmanager(generation.config, open_store(generation.config.server.state_dir))
+
+    def _run_monitor(self, generation: Generation) -> int:
+        """Active health checks, once per edge; workers read the verdicts from shared memory."""
         contexts = generation.upstream.contexts
 
-        def monitor() -> int:
-            # The monitor serves no clients: holding listening sockets would keep removed ports half-open.
-            self.listeners.close_all()
-            return run_monitor(
-                generation.config,
-                generation.upstream.health,
-                lambda site, pool, origin: (
-                    contexts.get((site.name, pool.name)) if origin.tls else None,
-                    origin_server_name(pool, origin),
-                ),
-            )
-
-        generation.monitor = _fork(monitor)
+        return run_monitor(
+            generation.config,
+            generation.upstream.health,
+            lambda site, pool, origin: (
+                contexts.get((site.name, pool.name)) if origin.tls else None,
+                origin_server_name(pool, origin),
+            ),
+        )
 
     def _spawn(self, generation: Generation) -> None:
         generation.pids.add(
@@ -158,8 +186,8 @@ class Supervisor:
             self.old.append(previous)
             for pid in previous.pids:
                 _signal(pid, RETIRE_SIGNAL)
-            if previous.monitor is not None:
-                _signal(previous.monitor, signal.SIGTERM)
+            for pid in previous.aux.values():
+                _signal(pid, signal.SIGTERM)
         self.listeners.retain_only(config.server.https, config.server.http)
         log.info("reloaded: %d workers, %d sites", len(generation.pids), len(config.sites))
 
@@ -174,19 +202,19 @@ class Supervisor:
                 return
             for old in self.old:
                 old.pids.discard(pid)
-                if old.monitor == pid:
-                    old.monitor = None
-            for gone in [g for g in self.old if not g.pids and g.monitor is None]:
+                old.aux = {name: p for name, p in old.aux.items() if p != pid}
+            for gone in [g for g in self.old if not g.all_pids]:
                 if gone.upstream.health is not None:
                     gone.upstream.health.close()
-            self.old = [g for g in self.old if g.pids or g.monitor is not None]
+            self.old = [g for g in self.old if g.all_pids]
             current = self.current
-            if current is not None and pid == current.monitor:
-                current.monitor = None
+            aux_name = next((n for n, p in current.aux.items() if p == pid), None) if current is not None else None
+            if current is not None and aux_name is not None:
+                del current.aux[aux_name]
                 if not self.stopping:
-                    log.error("health monitor %d exited unexpectedly (status %d); starting a new one in %.0f s",
-                              pid, status, _MONITOR_RESPAWN)
-                    self.monitor_respawn_at = time.monotonic() + _MONITOR_RESPAWN
+                    log.error("%s %d exited unexpectedly (status %d); starting a new one in %.0f s",
+                              aux_name, pid, status, _AUX_RESPAWN)
+                    self.aux_respawn_at[aux_name] = time.monotonic() + _AUX_RESPAWN
             elif current is not None and pid in current.pids:
                 current.pids.discard(pid)
                 if not self.stopping:
@@ -205,10 +233,11 @@ class Supervisor:
 
     def _respawn_due(self) -> None:
         current = self.current
-        if self.monitor_respawn_at and time.monotonic() >= self.monitor_respawn_at and current is not None:
-            self.monitor_respawn_at = 0.0
-            if not self.stopping and current.monitor is None:
-                self._spawn_monitor(current)
+        for name, at in list(self.aux_respawn_at.items()):
+            if time.monotonic() >= at and current is not None:
+                del self.aux_respawn_at[name]
+                if not self.stopping and name not in current.aux:
+                    self._spawn_aux(current, name)
         if self.respawns and not self.stopping and time.monotonic() >= self.respawn_at and self.current is not None:
             for _ in range(self.respawns):
                 self._spawn(self.current)
@@ -218,8 +247,7 @@ class Supervisor:
         """Drain every worker (they finish in-flight requests within drain_timeout), then exit."""
         self.stopping = True
         generations = [g for g in [self.current, *self.old] if g is not None]
-        pids = {pid for g in generations for pid in g.pids}
-        pids |= {g.monitor for g in generations if g.monitor is not None}
+        pids = {pid for g in generations for pid in g.all_pids}
         log.info("shutting down: draining %d workers", len(pids))
         # Close our copies of the listeners so new connections are refused, not left waiting in a backlog.
         self.listeners.retain_only((), ())
@@ -251,6 +279,8 @@ def _fork(run: Callable[[], int]) -> int:
         try:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
             code = run()
+        except BaseException:
+            log.exception("process %d failed", os.getpid())
         finally:
             logging.shutdown()
             os._exit(code)
@@ -270,6 +300,20 @@ def _upstream_setup(config: Config) -> UpstreamSetup:
         health_slots=slots,
         sticky_key=sticky_key,
     )
+
+
+def _store_with_certificates(config: Config) -> Store | None:
+    """The store, when a site keeps its certificate there; each such site gets a temporary one if it has none yet."""
+    managed = [site for site in config.sites if site.managed_certificate is not None]
+    if not managed:
+        return None
+    store = open_store(config.server.state_dir)
+    try:
+        for site in managed:
+            ensure_temporary(store, site.name, site.hosts)
+    except StoreError as exc:
+        raise TlsSetupError([Problem(config.path, "server.state_dir", str(exc))]) from None
+    return store
 
 
 def _signal(pid: int, signo: int) -> None:

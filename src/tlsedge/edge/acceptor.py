@@ -23,7 +23,8 @@ import socket
 import ssl
 from collections.abc import Callable
 
-from tlsedge.tls.clienthello import NEED_MORE, Invalid, parse_client_hello, unrecognized_name_alert
+from tlsedge.acme.answers import ACME_TLS_ALPN
+from tlsedge.tls.clienthello import NEED_MORE, Invalid, alert_record, parse_client_hello, unrecognized_name_alert
 from tlsedge.tls.server import TlsTable
 
 log = logging.getLogger("tlsedge.accept")
@@ -31,6 +32,7 @@ log = logging.getLogger("tlsedge.accept")
 _ACCEPT_BATCH = 64
 _PEEK_BYTES = 16 * 1024 + 512
 _REPEEK_DELAY = 0.005
+_NO_APPLICATION_PROTOCOL = 120  # TLS alert: no ALPN protocol in common
 
 
 class PeekingTlsAcceptor:
@@ -44,6 +46,7 @@ class PeekingTlsAcceptor:
         protocol_factory: Callable[[], asyncio.Protocol],
         handshake_timeout: float,
         admit: Callable[[], bool],
+        acme_answer: Callable[[str | None], ssl.SSLContext | None] | None = None,
     ) -> None:
         self.loop = loop
         self.sock = sock
@@ -51,6 +54,7 @@ class PeekingTlsAcceptor:
         self.protocol_factory = protocol_factory
         self.handshake_timeout = handshake_timeout
         self.admit = admit
+        self.acme_answer = acme_answer
         self.waiting: dict[socket.socket, float] = {}  # peeking sockets and their deadlines
         self.starting = 0  # connections in their TLS handshake
         self.accepting = False
@@ -123,12 +127,27 @@ class PeekingTlsAcceptor:
             log.info("closing connection that did not start with a TLS ClientHello: %s", hello.reason)
             conn.close()
             return
+        if self.acme_answer is not None and hello.alpn == (ACME_TLS_ALPN,):
+            self._answer_acme(conn, hello.server_name)
+            return
         if self.tls.site_for_name(hello.server_name) is None:
             with contextlib.suppress(OSError):
                 conn.send(unrecognized_name_alert())
             conn.close()
             return
         self.loop.create_task(self._start_tls(conn))
+
+    def _answer_acme(self, conn: socket.socket, server_name: str | None) -> None:
+        """RFC 8737: a CA offering only ALPN "acme-tls/1" gets the validation certificate, then the connection ends."""
+        assert self.acme_answer is not None
+        ctx = self.acme_answer(server_name)
+        if ctx is None:
+            log.info("TLS-ALPN-01 validation for %s, but no order awaits one: refused", server_name)
+            with contextlib.suppress(OSError):
+                conn.send(alert_record(_NO_APPLICATION_PROTOCOL))
+            conn.close()
+            return
+        self.loop.create_task(self._start_tls(conn, ctx, _ValidationDone))
 
     def _watch_again(self, conn: socket.socket) -> None:
         if conn in self.waiting:
@@ -139,13 +158,18 @@ class PeekingTlsAcceptor:
             self.loop.remove_reader(conn.fileno())
         conn.close()
 
-    async def _start_tls(self, conn: socket.socket) -> None:
+    async def _start_tls(
+        self,
+        conn: socket.socket,
+        context: ssl.SSLContext | None = None,
+        protocol_factory: Callable[[], asyncio.Protocol] | None = None,
+    ) -> None:
         self.starting += 1
         try:
             await self.loop.connect_accepted_socket(
-                self.protocol_factory,
+                protocol_factory or self.protocol_factory,
                 conn,
-                ssl=self.tls.context,
+                ssl=context or self.tls.context,
                 ssl_handshake_timeout=self.handshake_timeout,
                 ssl_shutdown_timeout=1.0,
             )
@@ -153,6 +177,13 @@ class PeekingTlsAcceptor:
             conn.close()
         finally:
             self.starting -= 1
+
+
+class _ValidationDone(asyncio.Protocol):
+    """After a TLS-ALPN-01 handshake nothing more is said (RFC 8737 section 3): close at once."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
 
 
 class UvloopListener:

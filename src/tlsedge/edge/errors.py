@@ -65,6 +65,19 @@ def error_response(status: int, request_id: str, *, close: bool, head_only: bool
     return head if head_only else head + body
 
 
+def text_response(status: int, body: bytes, *, close: bool, head_only: bool = False) -> bytes:
+    """A small text/plain answer of the edge's own (an ACME HTTP-01 key authorization, for one)."""
+    head = b"".join(
+        (
+            status_line(status),
+            b"Server: tlsedge\r\nContent-Type: text/plain\r\nCache-Control: no-store\r\n",
+            b"Content-Length: %d\r\n" % len(body),
+            b"Connection: close\r\n\r\n" if close else b"\r\n",
+        )
+    )
+    return head if head_only else head + body
+
+
 def redirect_response(location: bytes, *, close: bool, head_only: bool = False) -> bytes:
     """A 308 to the https URL: 308 keeps the method and body, unlike 301/302 (RFC 9110 section 15.4.9)."""
     body = b"Redirecting to https.\n"

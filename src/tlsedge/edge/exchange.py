@@ -17,6 +17,7 @@ class Exchange:
     """One request and its response on a client connection; also the source of its access log line."""
 
     __slots__ = (
+        "acme_answer",
         "answered",
         "attempts",
         "body_done",
@@ -78,6 +79,7 @@ class Exchange:
         self.site: SiteRuntime | None = None
         self.reject: tuple[int, str] | None = None
         self.redirect = False
+        self.acme_answer: bytes | None = None  # HTTP-01: the key authorization to answer with (b"": none, 404)
         self.head = b""
         self.has_body = False
         self.chunked_upload = False

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from tlsedge.edge.errors import NO_ORIGIN_TEXT, REDIRECT_LOOP_TEXT, error_response, redirect_response
+from tlsedge.acme.answers import HTTP01_PREFIX, http01_answer
+from tlsedge.edge.errors import NO_ORIGIN_TEXT, REDIRECT_LOOP_TEXT, error_response, redirect_response, text_response
 from tlsedge.edge.exchange import Exchange
 from tlsedge.edge.flexible import redirects_to_itself
 from tlsedge.edge.headers import (
@@ -542,6 +543,12 @@ class ClientConnection(asyncio.Protocol):
             ex.chunked_upload = True
         ex.body_limit = site.max_body_size
 
+        if not self.tls and edge.acme_store is not None and ex.target.startswith(HTTP01_PREFIX):
+            # An ACME CA validating HTTP-01 (never redirected: the CA may not trust what https serves yet).
+            answer = http01_answer(edge.acme_store, ex.target[len(HTTP01_PREFIX):])
+            if answer is not None or site.orders_acme:
+                ex.acme_answer = answer or b""
+                return
         if not self.tls and site.redirect_http:
             ex.redirect = True
             return
@@ -602,6 +609,9 @@ class ClientConnection(asyncio.Protocol):
             status, reason = ex.reject
             self._answer(ex, status, reason, close=ex.has_body or not ex.keep_alive or status == 400)
             return
+        if ex.acme_answer is not None:
+            self._answer_acme(ex)
+            return
         if ex.redirect:
             location = b"https://%s%s%s" % (ex.host, self.edge.https_port_suffix, ex.target)
             ex.status = 308
@@ -612,6 +622,13 @@ class ClientConnection(asyncio.Protocol):
         if ex.expect_continue and ex.has_body and not ex.http10:  # RFC 9110 10.1.1: never to HTTP/1.0
             self.out.append(_CONTINUE)
         self._dispatch(ex)
+
+    def _answer_acme(self, ex: Exchange) -> None:
+        ex.status = 200 if ex.acme_answer else 404
+        ex.keep_alive = ex.keep_alive and not ex.has_body
+        body = ex.acme_answer or b"No ACME challenge is pending for this token.\n"
+        self.out.append(text_response(ex.status, body, close=not ex.keep_alive, head_only=ex.method == b"HEAD"))
+        self._finish(ex)
 
     def _dispatch(self, ex: Exchange) -> None:
         """Choose a server for the request: the sticky one, else the balancer's; wait when all are busy."""

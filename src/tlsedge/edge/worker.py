@@ -19,6 +19,7 @@ from time import monotonic
 
 import uvloop
 
+from tlsedge.acme.answers import tls_alpn01_context
 from tlsedge.config.schema import Config
 from tlsedge.control.status import write_json_atomic
 from tlsedge.edge.acceptor import PeekingTlsAcceptor, UvloopListener
@@ -27,6 +28,7 @@ from tlsedge.edge.exchange import Exchange
 from tlsedge.edge.http1 import ClientConnection, deadline_timeouts
 from tlsedge.pipeline.router import HostRouter
 from tlsedge.pipeline.site import SiteRuntime, UpstreamSetup
+from tlsedge.store import Store, StoreError, open_store
 from tlsedge.tls.server import TlsTable
 
 log = logging.getLogger("tlsedge.worker")
@@ -80,6 +82,24 @@ class Edge:
         self.idle_event: asyncio.Event | None = None
         self.listeners: list[PeekingTlsAcceptor | UvloopListener] = []
         self.full = False
+        # ACME challenge answers come from the store, written by the certificate manager.
+        self.acme_store: Store | None = None
+        self.tls_alpn_challenges = False
+        acme = [site.managed_certificate.acme for site in config.sites if self.sites[site.name].orders_acme]
+        if acme:
+            store = tls.store if tls is not None else None
+            self.acme_store = store if store is not None else open_store(config.server.state_dir)
+            self.tls_alpn_challenges = any("tls-alpn-01" in settings.challenges for settings in acme)
+
+    def tls_alpn_answer(self, server_name: str | None) -> ssl.SSLContext | None:
+        """The TLS-ALPN-01 validation context for a name, when an order awaits it (else None)."""
+        if self.acme_store is None:
+            return None
+        try:
+            return tls_alpn01_context(self.acme_store, server_name)
+        except (StoreError, ssl.SSLError, ValueError) as exc:
+            log.error("cannot answer the TLS-ALPN-01 challenge for %s: %s", server_name, exc)
+            return None
 
     def next_request_id(self) -> str:
         self._counter += 1
@@ -131,6 +151,11 @@ class Edge:
             conns.sweep(now)
         for listener in self.listeners:
             listener.sweep(now)
+        if self.tls is not None:
+            try:
+                self.tls.refresh()
+            except StoreError as exc:
+                log.error("cannot look for new certificates: %s", exc)
         self.access.flush()
         self.sweeps += 1
         if self.sweeps % STATS_EVERY == 0:
@@ -173,8 +198,9 @@ async def _serve(
     limits = config.server.limits
     for sock, is_tls in sockets:
         listener: PeekingTlsAcceptor | UvloopListener
-        if is_tls and tls.site_for_name(None) is None:
-            # No default site: unknown names must get an unrecognized_name alert, which needs a look first.
+        if is_tls and (tls.site_for_name(None) is None or edge.tls_alpn_challenges):
+            # No default site: unknown names must get an unrecognized_name alert, which needs a look first; so do
+            # ACME TLS-ALPN-01 validations (ALPN "acme-tls/1").
             listener = PeekingTlsAcceptor(
                 loop,
                 sock,
@@ -182,6 +208,7 @@ async def _serve(
                 lambda: ClientConnection(edge, True),
                 limits.handshake_timeout,
                 lambda: not edge.draining and len(edge.clients) < limits.max_connections,
+                edge.tls_alpn_answer if edge.tls_alpn_challenges else None,
             )
         elif is_tls:
             listener = UvloopListener(

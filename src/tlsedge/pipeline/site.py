@@ -41,6 +41,7 @@ class SiteRuntime:
         "https_response_head",
         "max_body_size",
         "name",
+        "orders_acme",
         "pools",
         "redirect_http",
         "routes",
@@ -50,7 +51,9 @@ class SiteRuntime:
     def __init__(self, config: SiteConfig, loop: asyncio.AbstractEventLoop, setup: UpstreamSetup) -> None:
         self.config = config
         self.name = config.name
-        self.has_tls = bool(config.certificates)
+        self.has_tls = config.serves_https
+        managed = config.managed_certificate
+        self.orders_acme = managed is not None and managed.acme is not None
         self.redirect_http = config.redirect_http and self.has_tls
         self.max_body_size = config.max_body_size
         # Host sent to the origin for a request that had none (HTTP/1.0): a real name, never a "*." pattern.

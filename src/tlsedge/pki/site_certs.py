@@ -62,7 +62,7 @@ class CertificateStatus:
     failures: int = 0
     next_attempt: float | None = None  # wall-clock seconds; None: as soon as due
     last_success_at: float | None = None
-    ari_checked_at: float | None = None
+    ari_renew_at: float | None = None  # the time chosen in the CA's ARI window, when it offers ARI
     ari_next_check: float | None = None
 
 

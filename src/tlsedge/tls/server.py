@@ -14,6 +14,7 @@ context (OpenSSL's ``session_ctx``), even after an SNI switch.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from tlsedge.config.errors import Problem
 from tlsedge.config.schema import CertificateFiles, Config, SiteConfig
+from tlsedge.pki.site_certs import CERTS_TOPIC, StoredCertificate, load_certificate
+from tlsedge.store.base import Store, StoreError
 from tlsedge.tls import openssl
+from tlsedge.tls.memory import load_pem_chain
 
 # Mozilla intermediate v5.7 TLS 1.2 suites without the DHE ones (we configure no DH parameters). TLS 1.3 suites are
 # OpenSSL's defaults (AES-GCM and CHACHA20-POLY1305), which is what the profile asks for.
@@ -42,6 +46,8 @@ TLS12_CIPHERS = ":".join(
 )
 GROUPS = "X25519:P-256:P-384"
 ALPN = ["http/1.1"]
+
+log = logging.getLogger("tlsedge.tls")
 
 # Attribute set on the SSLObject/SSLSocket by the SNI callback; read by TlsTable.site_of.
 _SITE_ATTR = "tlsedge_site"
@@ -86,8 +92,14 @@ class TlsTable:
         wildcards: dict[str, str],
         default_site: str | None,
         ticket_keys: bytes,
+        managed: dict[str, int] | None = None,
+        store: Store | None = None,
     ) -> None:
         self._contexts = site_contexts
+        self._ticket_keys = ticket_keys
+        self._managed = managed or {}  # site -> serial of the stored certificate its context holds
+        self._store = store
+        self._certs_version = store.topic_version(CERTS_TOPIC) if store is not None and self._managed else 0
         self._exact = exact  # host -> site name
         self._wildcards = wildcards  # "b.example" (for "*.b.example") -> site name
         self._default = default_site if default_site in site_contexts else None
@@ -126,17 +138,68 @@ class TlsTable:
         """Sites served over TLS by this table."""
         return tuple(self._contexts)
 
+    @property
+    def store(self) -> Store | None:
+        """The store managed certificates come from (None when every certificate is a file)."""
+        return self._store
 
-def build_tls_table(config: Config, ticket_keys: bytes) -> TlsTable:
-    """Load every site's certificates into hardened contexts; raise TlsSetupError listing every unusable file."""
+    def refresh(self) -> list[str]:
+        """Swap in certificates renewed or imported since the last look; return the sites that changed.
+
+        Cheap when nothing changed (one read of the ``certs`` topic). A new context only affects handshakes that
+        start after the swap: connections already open keep theirs, so nothing is dropped. A certificate that does
+        not load is logged and the current one kept.
+        """
+        if self._store is None or not self._managed:
+            return []
+        version = self._store.topic_version(CERTS_TOPIC)
+        if version == self._certs_version:
+            return []
+        self._certs_version = version
+        changed = []
+        for site, serial in list(self._managed.items()):
+            stored = load_certificate(self._store, site)
+            if stored is None or stored.serial == serial:
+                continue
+            try:
+                self._contexts[site] = stored_context(stored, self._ticket_keys)
+            except (ssl.SSLError, ValueError) as exc:
+                log.error("site %s: the new certificate (serial %x) does not load, keeping the current one: %s",
+                          site, stored.serial, exc)
+                continue
+            self._managed[site] = stored.serial
+            changed.append(site)
+            log.info("site %s: now serving the %s certificate with serial %x, valid until %s", site, stored.source,
+                     stored.serial, stored.not_after.isoformat())
+        return changed
+
+
+def stored_context(stored: StoredCertificate, ticket_keys: bytes) -> ssl.SSLContext:
+    """A hardened site context holding a certificate from the store (loaded from memory, never from a file)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    harden(ctx, ticket_keys)
+    load_pem_chain(ctx, stored.chain_pem, stored.key_pem)
+    return ctx
+
+
+def build_tls_table(config: Config, ticket_keys: bytes, store: Store | None = None) -> TlsTable:
+    """Load every site's certificates into hardened contexts; raise TlsSetupError listing every unusable file.
+
+    Sites whose certificate lives in the store (ACME, imports) need ``store``; the supervisor has made sure each has
+    at least a temporary certificate there.
+    """
     problems: list[Problem] = []
     contexts: dict[str, ssl.SSLContext] = {}
+    managed: dict[str, int] = {}
     exact: dict[str, str] = {}
     wildcards: dict[str, str] = {}
     for site in config.sites:
-        if not site.certificates:
+        if not site.serves_https:
             continue
-        ctx = _site_context(config.path, site, ticket_keys, problems.append)
+        if site.managed_certificate is not None:
+            ctx = _managed_context(config.path, site, ticket_keys, store, problems.append, managed)
+        else:
+            ctx = _site_context(config.path, site, ticket_keys, problems.append)
         if ctx is None:
             continue
         contexts[site.name] = ctx
@@ -146,7 +209,29 @@ def build_tls_table(config: Config, ticket_keys: bytes) -> TlsTable:
             table.setdefault(host.removeprefix("*."), site.name)  # the loader reports duplicates; first one wins
     if problems:
         raise TlsSetupError(problems)
-    return TlsTable(contexts, exact, wildcards, config.server.default_site, ticket_keys)
+    return TlsTable(contexts, exact, wildcards, config.server.default_site, ticket_keys, managed, store)
+
+
+def _managed_context(
+    config_path: Path,
+    site: SiteConfig,
+    ticket_keys: bytes,
+    store: Store | None,
+    report: Callable[[Problem], None],
+    managed: dict[str, int],
+) -> ssl.SSLContext | None:
+    field = f"site[{site.name}].certificate"
+    try:
+        stored = load_certificate(store, site.name) if store is not None else None
+        if stored is None:
+            report(Problem(config_path, field, "no certificate in the store yet (and no temporary one)", site.name))
+            return None
+        ctx = stored_context(stored, ticket_keys)
+    except (StoreError, ssl.SSLError, ValueError) as exc:
+        report(Problem(config_path, field, f"the stored certificate cannot be used: {exc}", site.name))
+        return None
+    managed[site.name] = stored.serial
+    return ctx
 
 
 def _site_context(
