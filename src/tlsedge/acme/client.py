@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -41,6 +42,7 @@ _NONCE_RETRIES = 10
 _NETWORK_TIMEOUT = 30
 _ORDER_DEADLINE = timedelta(seconds=120)
 _USER_AGENT = "tlsedge"
+_REGISTERING = threading.Lock()  # one registration per account at a time among the manager's threads
 
 
 class AcmeFailure(Exception):
@@ -81,8 +83,12 @@ class _Network(client.ClientNetwork):
     """The library's network layer, with more patience for bad nonces and memory of ``Retry-After``."""
 
     last_retry_after: float | None = None
+    # Without it the library fetches a nonce with HEAD on the URL it posts to, which not every CA answers (pebble).
+    new_nonce_url: str | None = None
 
     def post(self, *args: Any, **kwargs: Any) -> requests.Response:
+        if self.new_nonce_url is not None:
+            kwargs.setdefault("new_nonce_url", self.new_nonce_url)
         for attempt in range(_NONCE_RETRIES):
             try:
                 return self._post_once(*args, **kwargs)
@@ -153,21 +159,26 @@ def open_session(store: Store, settings: AcmeSettings) -> Session:
         directory = client.ClientV2.get_directory(settings.directory, net)
     except (requests.RequestException, errors.Error, messages.Error, ValueError) as exc:
         raise AcmeFailure(f"cannot fetch the ACME directory {settings.directory}: {describe(exc)}") from None
+    net.new_nonce_url = directory["newNonce"]
     acme = client.ClientV2(directory, net)
     if record is not None and record.get("uri"):
         net.account = messages.RegistrationResource(body=messages.Registration(), uri=record["uri"])
         return Session(acme, net, key)
-    _register(acme, net, key, settings)
-    key_pem = key.key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    record = {
-        "directory": settings.directory,
-        "contact": settings.contact,
-        "uri": net.account.uri,
-        "key": base64.b64encode(seal(name, key_pem)).decode("ascii"),
-    }
-    store.put(name, json.dumps(record).encode())
+    with _REGISTERING:
+        if store.get(name) is not None:  # another thread registered meanwhile: use that account
+            return open_session(store, settings)
+        _register(acme, net, key, settings)
+        key_pem = key.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        record = {
+            "directory": settings.directory,
+            "contact": settings.contact,
+            "uri": net.account.uri,
+            "key": base64.b64encode(seal(name, key_pem)).decode("ascii"),
+        }
+        if not store.put_if_version(name, json.dumps(record).encode(), 0):
+            return open_session(store, settings)  # another edge registered first: one account, theirs
     log.info("registered ACME account %s at %s", net.account.uri, settings.directory)
     return Session(acme, net, key)
 

@@ -32,7 +32,7 @@ def order_due(
     now: float,
 ) -> float:
     """Wall-clock time at which the next order should start (``<= now``: at once)."""
-    if stored is None or stored.source != "acme" or set(stored.names) != set(wanted):
+    if stored is None or stored.source != "acme" or set(stored.names) != set(wanted) or status.renew_requested:
         due = now
     elif status.ari_renew_at is not None:
         due = min(status.ari_renew_at, stored.not_after.timestamp())

@@ -24,6 +24,7 @@ from tlsedge.acme import client as acme
 from tlsedge.acme.schedule import ari_choice, backoff, order_due
 from tlsedge.config.schema import AcmeSettings, Config, SiteConfig
 from tlsedge.pki.site_certs import (
+    RENEW_TOPIC,
     StoredCertificate,
     leaf_facts,
     load_certificate,
@@ -67,9 +68,13 @@ class CertManager:
     def run(self) -> int:
         log.info("certificate manager started for %d ACME site(s)", len(self.sites))
         running: dict[Future[float], str] = {}
+        requests = self.store.topic_version(RENEW_TOPIC)
         with ThreadPoolExecutor(_THREADS, thread_name_prefix="acme") as pool:
             while True:
                 now = time.time()
+                if self.store.topic_version(RENEW_TOPIC) != requests:
+                    requests = self.store.topic_version(RENEW_TOPIC)
+                    self.wake_at = dict.fromkeys(self.wake_at, 0.0)
                 busy = set(running.values())
                 for name, at in self.wake_at.items():
                     if at <= now and name not in busy:
@@ -183,6 +188,7 @@ class CertManager:
         status.last_success_at = time.time()
         status.ari_renew_at = None
         status.ari_next_check = None
+        status.renew_requested = False
         save_status(self.store, site.name, status)
         log.info("site %s: certificate issued by %s, valid until %s, serial %x; renewal due %s", site.name,
                  fresh.issuer, fresh.not_after.isoformat(), fresh.serial, renew_at.isoformat())
@@ -203,7 +209,7 @@ class CertManager:
         save_status(self.store, site.name, status)
         keeping = (
             f"keeping the certificate valid until {stored.not_after.isoformat()}"
-            if stored is not None and stored.not_after > datetime.now(UTC)
+            if stored is not None and stored.source != "temporary" and stored.not_after > datetime.now(UTC)
             else "serving a temporary certificate meanwhile"
         )
         log.error("site %s: certificate order failed (%d in a row): %s; next try in %.0f s, %s", site.name,

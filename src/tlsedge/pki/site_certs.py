@@ -22,6 +22,7 @@ from tlsedge.store.base import Store, StoreError
 from tlsedge.store.secrets import seal, unseal
 
 CERTS_TOPIC = "certs"
+RENEW_TOPIC = "certs-renew"  # published by `tlsedge cert revoke` and the like: the manager looks at every site now
 Source = Literal["acme", "import", "temporary"]
 
 _CERT_PREFIX = "site-cert/"
@@ -64,6 +65,7 @@ class CertificateStatus:
     last_success_at: float | None = None
     ari_renew_at: float | None = None  # the time chosen in the CA's ARI window, when it offers ARI
     ari_next_check: float | None = None
+    renew_requested: bool = False  # e.g. after a revocation: order a new certificate now, whatever its dates
 
 
 def leaf_facts(chain_pem: bytes) -> tuple[tuple[str, ...], str, int, datetime, datetime]:

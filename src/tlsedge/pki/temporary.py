@@ -25,7 +25,7 @@ from tlsedge.store.secrets import seal, unseal
 
 LIFETIME = timedelta(days=2)
 _CA_KEY = "temporary-ca"
-_CA_NAME = "tlsedge temporary certificates (not trusted: the site waits for its certificate)"
+_CA_NAME = "tlsedge temporary (untrusted: awaiting the real certificate)"
 
 
 def temporary_ca(store: Store) -> LocalCA:
