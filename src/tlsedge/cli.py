@@ -1,4 +1,4 @@
-"""Command line: `tlsedge serve | check | status | demo`."""
+"""Command line: `tlsedge serve | check | status | certs | cert | ca | origin-cert | demo`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from tlsedge.commands import cert, cert_revoke, certs, origin_ca
 from tlsedge.config import ConfigError, load_config
 
 
@@ -97,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("-c", "--config", default="tlsedge.toml", help="configuration file (TOML)")
     status.add_argument("--json", action="store_true", help="print the rows as JSON")
     status.set_defaults(func=_status)
+
+    certs.register(commands)
+    cert_revoke.register(cert.register(commands))
+    origin_ca.register(commands)
 
     demo = commands.add_parser("demo", help="run a demo edge with two sites in front of demo origins")
     demo.add_argument("--state-dir", default="./state", help="where the demo keeps its CA, certificates, config")

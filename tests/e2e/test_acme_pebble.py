@@ -153,3 +153,30 @@ def test_short_lived_certificate_is_renewed_and_swapped_with_no_failed_handshake
     assert failures == []
     assert handshakes > 20
 
+
+
+def test_revoke_shows_in_pebbles_status_and_a_new_certificate_replaces_it(acme_env) -> None:
+    edge, pebble = acme_env
+    old = wait_for_issuer(edge.https_port, "a.test", "Pebble", ISSUE_TIMEOUT)
+    result = tlsedge("cert", "revoke", "--site", "alpha", "--reason", "superseded", "-c", str(edge.config_path))
+    revoked = [s for s in (old.serial_number,) if pebble.cert_status(s)["Status"] == "Revoked"]
+    if not revoked:  # renewed between our handshake and the command: the command revoked the newer one
+        stored = certs_rows(edge)["alpha"]
+        revoked = [int(stored["serial"], 16)] if result.returncode == 0 else []
+    assert result.returncode == 0, result.stderr
+    assert "revoked certificate" in result.stdout
+    assert revoked and pebble.cert_status(revoked[0])["Status"] == "Revoked"
+    fresh = wait_for(
+        lambda: (leaf := served_certificate(edge.https_port, "a.test")).serial_number not in revoked and leaf,
+        ISSUE_TIMEOUT, what="a replacement certificate",
+    )
+    assert pebble.cert_status(fresh.serial_number)["Status"] == "Valid"
+
+
+def test_revoke_refuses_a_site_without_acme_certificate_clearly(acme_env) -> None:
+    edge, _ = acme_env
+    result = tlsedge("cert", "revoke", "--site", "nope", "-c", str(edge.config_path))
+    assert result.returncode == 1 and "no site is named 'nope'" in result.stderr
+    result = tlsedge("cert", "revoke", "--site", "gamma", "-c", str(edge.config_path))
+    assert result.returncode == 1 and "has no ACME certificate yet" in result.stderr
+    assert "Traceback" not in result.stderr

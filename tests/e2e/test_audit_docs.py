@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
+from tlsedge.config import load_config
 from tlsedge.config.load import (
+    _ACME_KEYS,
     _CERTIFICATE_KEYS,
     _HEADER_EDIT_KEYS,
     _HEALTH,
@@ -28,6 +30,7 @@ from tlsedge.config.load import (
     _POOL_SERVER_KEYS,
     _ROUTE_KEYS,
     _SERVER_KEYS,
+    _SITE_ACME_KEYS,
     _SITE_KEYS,
     _STICKY,
     _STICKY_KEYS,
@@ -35,6 +38,7 @@ from tlsedge.config.load import (
     _Table,
 )
 from tlsedge.config.schema import (
+    AcmeSettings,
     HealthCheck,
     Limits,
     OriginTimeouts,
@@ -61,6 +65,9 @@ SECTIONS: dict[str, Collection[str]] = {
     "[server.limits]": _LIMITS,
     "[[site]]": _SITE_KEYS,
     "certificate": _CERTIFICATE_KEYS,
+    "certificate = { acme = true }": _SITE_ACME_KEYS,
+    "certificate = { imported = true }": ("imported",),
+    "[acme]": _ACME_KEYS,
     "[site.origin]": _ORIGIN,
     "[[site.pool]]": _POOL_KEYS,
     "servers": _POOL_SERVER_KEYS,
@@ -163,3 +170,21 @@ def test_defaults_that_are_absent_are_documented_as_such():
             if field.name in readers and field.default is None:
                 cell = SECTION_ROWS[section][field.name][1]
                 assert not cell.startswith("`"), (section, field.name, cell)
+
+
+def test_documented_acme_defaults_are_the_real_defaults(tmp_path):
+    """Every [acme] default written in the docs, loaded as a configuration, gives AcmeSettings' own defaults."""
+    rows = SECTION_ROWS["[acme]"]
+    lines = ["[acme]"]
+    for key, cells in rows.items():
+        if cells[1] != "none":
+            lines.append(f"{key} = {cells[1].strip('`')}")
+    lines += ['[server]', 'https = ["127.0.0.1:8443"]', 'http = ["127.0.0.1:8080"]', "[[site]]", 'name = "a"',
+              'hosts = ["a.example"]', 'origins = ["http://127.0.0.1:9000"]', "certificate = { acme = true }"]
+    path = tmp_path / "acme.toml"
+    path.write_text("\n".join(lines) + "\n")
+    loaded = load_config(path).site("a").managed_certificate.acme
+    for field in dataclasses.fields(AcmeSettings):
+        if field.name in rows and rows[field.name][1] != "none":
+            real = pytest.approx(field.default, rel=1e-2) if isinstance(field.default, float) else field.default
+            assert getattr(loaded, field.name) == real, field.name

@@ -17,12 +17,14 @@ import os
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 
 from tlsedge.acme import client as acme
 from tlsedge.acme.schedule import ari_choice, backoff, order_due
-from tlsedge.config.schema import AcmeSettings, Config, SiteConfig
+from tlsedge.config.schema import ORIGIN_CA_CLIENT, AcmeSettings, Config, SiteConfig
+from tlsedge.pki import origin_ca
 from tlsedge.pki.site_certs import (
     RENEW_TOPIC,
     StoredCertificate,
@@ -43,10 +45,17 @@ _LOCK_TTL = 300.0  # an order takes seconds; a crashed manager's lock lapses aft
 _BUSY_RETRY = 10.0  # another process holds the lock: look again after this
 _ARI_DEFAULT_RECHECK = 6 * 3600.0  # RFC 9773: poll renewal info about twice a day absent Retry-After
 _WAKE_MAX = 5.0  # the loop notices finished jobs at least this often
+_CLIENT_CHECK = 12 * 3600.0  # origin-CA client certificates last a year: look twice a day
+_CLIENT_RETRY = 600.0
 
 
 def acme_sites(config: Config) -> list[SiteConfig]:
     return [s for s in config.sites if s.managed_certificate is not None and s.managed_certificate.acme is not None]
+
+
+def origin_ca_client_sites(config: Config) -> list[str]:
+    """Sites presenting a client certificate from the origin CA to some pool: the manager keeps it renewed."""
+    return [s.name for s in config.sites if any(p.client_certificate == ORIGIN_CA_CLIENT for p in s.pools)]
 
 
 def usable_challenges(settings: AcmeSettings, config: Config) -> list[str]:
@@ -63,14 +72,23 @@ class CertManager:
         self.store = store
         self.owner = owner
         self.sites = {site.name: site for site in acme_sites(config)}
-        self.wake_at = dict.fromkeys(self.sites, 0.0)
+        # Jobs by name: one per ACME site, one per site presenting an origin-CA client certificate.
+        self.jobs: dict[str, Callable[[], float]] = {
+            f"acme:{name}": lambda name=name: self.maintain(name) for name in self.sites
+        }
+        for name in origin_ca_client_sites(config):
+            self.jobs[f"client:{name}"] = lambda name=name: self.renew_client_certificate(name)
+        self.wake_at = dict.fromkeys(self.jobs, 0.0)
 
-    def run(self) -> int:
+    def run(self, parent: int | None = None) -> int:
         log.info("certificate manager started for %d ACME site(s)", len(self.sites))
         running: dict[Future[float], str] = {}
         requests = self.store.topic_version(RENEW_TOPIC)
         with ThreadPoolExecutor(_THREADS, thread_name_prefix="acme") as pool:
             while True:
+                if parent is not None and os.getppid() != parent:
+                    log.error("control process is gone; certificate manager %d exits", os.getpid())
+                    os._exit(1)  # threads in the middle of an order must not keep the process alive
                 now = time.time()
                 if self.store.topic_version(RENEW_TOPIC) != requests:
                     requests = self.store.topic_version(RENEW_TOPIC)
@@ -78,7 +96,7 @@ class CertManager:
                 busy = set(running.values())
                 for name, at in self.wake_at.items():
                     if at <= now and name not in busy:
-                        running[pool.submit(self.maintain, name)] = name
+                        running[pool.submit(self.jobs[name])] = name
                 pending = [at for name, at in self.wake_at.items() if name not in running.values()]
                 timeout = min([_WAKE_MAX, *(max(0.0, at - now) for at in pending)])
                 done, _ = wait(list(running), timeout=timeout, return_when=FIRST_COMPLETED)
@@ -87,8 +105,17 @@ class CertManager:
                     try:
                         self.wake_at[name] = future.result()
                     except Exception:
-                        log.exception("site %s: certificate maintenance failed unexpectedly", name)
+                        log.exception("%s: certificate maintenance failed unexpectedly", name)
                         self.wake_at[name] = time.time() + _BUSY_RETRY
+
+    def renew_client_certificate(self, site: str) -> float:
+        """Keep a site's origin-CA client certificate fresh; workers swap a renewed one in (topic ``origin-ca``)."""
+        try:
+            origin_ca.client_certificate_for_site(self.store, site)
+        except (origin_ca.OriginCAError, StoreError) as exc:
+            log.error("site %s: cannot renew the origin-CA client certificate: %s", site, exc)
+            return time.time() + _CLIENT_RETRY
+        return time.time() + _CLIENT_CHECK
 
     def maintain(self, name: str) -> float:
         """One look at a site: returns when to look again (wall-clock seconds)."""
@@ -231,4 +258,4 @@ def manager_owner() -> str:
 
 
 def run_certmanager(config: Config, store: Store) -> int:
-    return CertManager(config, store, manager_owner()).run()
+    return CertManager(config, store, manager_owner()).run(parent=os.getppid())

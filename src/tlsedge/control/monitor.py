@@ -171,8 +171,12 @@ class _JsonWriter:
 
 
 async def monitor(config: Config, shared: SharedHealth, tls_for: TlsFor, stop: asyncio.Event, *,
-                  write_interval: float = WRITE_INTERVAL) -> None:
-    """Check every health-checked server until ``stop`` is set; the in-process core of `run_monitor`."""
+                  write_interval: float = WRITE_INTERVAL, on_tick: Callable[[], object] | None = None) -> None:
+    """Check every health-checked server until ``stop`` is set; the in-process core of `run_monitor`.
+
+    ``on_tick`` runs every ``write_interval`` (the supervisor uses it to follow origin CA revocations, so checks
+    refuse a revoked origin certificate as requests do).
+    """
     targets = build_targets(config, shared, tls_for)
     writer = _JsonWriter(config)
     tasks = []
@@ -184,6 +188,8 @@ async def monitor(config: Config, shared: SharedHealth, tls_for: TlsFor, stop: a
     try:
         while not stop.is_set():
             writer.write(targets)
+            if on_tick is not None:
+                on_tick()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), write_interval)
     finally:
@@ -201,24 +207,26 @@ async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
             stop.set()
 
 
-async def _run(config: Config, shared: SharedHealth, tls_for: TlsFor, parent: int) -> None:
+async def _run(config: Config, shared: SharedHealth, tls_for: TlsFor, parent: int,
+               on_tick: Callable[[], object] | None) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     watcher = asyncio.create_task(_watch_parent(parent, stop))
     try:
-        await monitor(config, shared, tls_for, stop)
+        await monitor(config, shared, tls_for, stop, on_tick=on_tick)
     finally:
         watcher.cancel()
 
 
-def run_monitor(config: Config, shared: SharedHealth, tls_for: TlsFor) -> int:
+def run_monitor(config: Config, shared: SharedHealth, tls_for: TlsFor,
+                on_tick: Callable[[], object] | None = None) -> int:
     """Entry point of the forked monitor process; returns its exit code. SIGTERM stops it."""
     parent = os.getppid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the control process, which stops us
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload starts a new monitor; this one gets SIGTERM
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     try:
-        uvloop.run(_run(config, shared, tls_for, parent))
+        uvloop.run(_run(config, shared, tls_for, parent, on_tick))
     except OSError:
         log.exception("health monitor %d failed", os.getpid())
         return 1

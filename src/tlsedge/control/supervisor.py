@@ -17,7 +17,7 @@ from pathlib import Path
 from tlsedge.config import ConfigError, load_config
 from tlsedge.config.errors import Problem
 from tlsedge.config.schema import Config
-from tlsedge.control.certmanager import acme_sites, run_certmanager
+from tlsedge.control.certmanager import acme_sites, origin_ca_client_sites, run_certmanager
 from tlsedge.control.listeners import ListenerSet
 from tlsedge.control.monitor import run_monitor
 from tlsedge.edge.worker import RETIRE_SIGNAL, run_worker
@@ -28,7 +28,7 @@ from tlsedge.tls.server import TlsSetupError, TlsTable, build_tls_table
 from tlsedge.tls.tickets import load_or_create_ticket_keys
 from tlsedge.upstream.shared import SharedHealth, carry_over, health_slots
 from tlsedge.upstream.sticky import load_or_create_sticky_key
-from tlsedge.upstream.tls import origin_server_name, origin_ssl_contexts
+from tlsedge.upstream.tls import origin_ca_watch, origin_server_name, origin_ssl_contexts
 
 log = logging.getLogger("tlsedge.control")
 
@@ -122,7 +122,7 @@ class Supervisor:
         processes: dict[str, Callable[[], int]] = {}
         if generation.upstream.health is not None:
             processes["health monitor"] = lambda: self._run_monitor(generation)
-        if acme_sites(generation.config):
+        if acme_sites(generation.config) or origin_ca_client_sites(generation.config):
             processes["certificate manager"] = lambda: self._run_certmanager(generation)
         return processes
 
@@ -143,6 +143,8 @@ class Supervisor:
         """Active health checks, once per edge; workers read the verdicts from shared memory."""
         contexts = generation.upstream.contexts
 
+        watch = origin_ca_watch(contexts)
+        store = open_store(generation.config.server.state_dir)
         return run_monitor(
             generation.config,
             generation.upstream.health,
@@ -150,6 +152,7 @@ class Supervisor:
                 contexts.get((site.name, pool.name)) if origin.tls else None,
                 origin_server_name(pool, origin),
             ),
+            on_tick=(lambda: watch.refresh(store)) if watch is not None else None,
         )
 
     def _spawn(self, generation: Generation) -> None:

@@ -30,6 +30,7 @@ from tlsedge.pipeline.router import HostRouter
 from tlsedge.pipeline.site import SiteRuntime, UpstreamSetup
 from tlsedge.store import Store, StoreError, open_store
 from tlsedge.tls.server import TlsTable
+from tlsedge.upstream.tls import origin_ca_watch
 
 log = logging.getLogger("tlsedge.worker")
 
@@ -82,13 +83,15 @@ class Edge:
         self.idle_event: asyncio.Event | None = None
         self.listeners: list[PeekingTlsAcceptor | UvloopListener] = []
         self.full = False
-        # ACME challenge answers come from the store, written by the certificate manager.
+        # The store (opened on first use): ACME challenge answers, renewed certificates, origin CA revocations.
+        store = tls.store if tls is not None else None
+        self.store: Store = store if store is not None else open_store(config.server.state_dir)
+        self.origin_watch = origin_ca_watch(setup.contexts)
         self.acme_store: Store | None = None
         self.tls_alpn_challenges = False
         acme = [site.managed_certificate.acme for site in config.sites if self.sites[site.name].orders_acme]
         if acme:
-            store = tls.store if tls is not None else None
-            self.acme_store = store if store is not None else open_store(config.server.state_dir)
+            self.acme_store = self.store
             self.tls_alpn_challenges = any("tls-alpn-01" in settings.challenges for settings in acme)
 
     def tls_alpn_answer(self, server_name: str | None) -> ssl.SSLContext | None:
@@ -156,6 +159,8 @@ class Edge:
                 self.tls.refresh()
             except StoreError as exc:
                 log.error("cannot look for new certificates: %s", exc)
+        if self.origin_watch is not None:
+            self.origin_watch.refresh(self.store)
         self.access.flush()
         self.sweeps += 1
         if self.sweeps % STATS_EVERY == 0:
