@@ -39,10 +39,10 @@ from tlsedge.pki import origin_ca
 from tlsedge.pki.local_ca import LocalCA
 from tlsedge.store import SqliteStore, open_store
 from tlsedge.store.secrets import seal
+from tlsedge.tls.memory import load_pem_chain
 from tlsedge.tls.server import TlsSetupError
 from tlsedge.upstream.tls import (
     describe_tls_failure,
-    load_client_pem,
     origin_ca_watch,
     origin_ssl_contexts,
 )
@@ -752,8 +752,8 @@ def test_origin_ca_client_certificate_without_a_ca_is_a_setup_problem(tmp_path: 
     assert "run tlsedge ca init" in problem.reason
 
 
-def test_load_client_pem_refuses_a_mismatched_key(ca_store: SqliteStore) -> None:
+def test_load_pem_chain_refuses_a_mismatched_key(ca_store: SqliteStore) -> None:
     cert_pem, _ = origin_ca.client_certificate_for_site(ca_store, "blog")
     _, other_key = origin_ca.client_certificate_for_site(ca_store, "shop")
     with pytest.raises(ssl.SSLError):
-        load_client_pem(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), cert_pem, other_key)
+        load_pem_chain(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), cert_pem, other_key)

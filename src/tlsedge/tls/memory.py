@@ -16,12 +16,18 @@ def load_pem_chain(ctx: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> Non
     cert_fd = os.memfd_create("tlsedge-chain", os.MFD_CLOEXEC)
     key_fd = os.memfd_create("tlsedge-key", os.MFD_CLOEXEC)
     try:
-        os.write(cert_fd, chain_pem)
-        os.write(key_fd, key_pem)
+        _write_all(cert_fd, chain_pem)
+        _write_all(key_fd, key_pem)
         ctx.load_cert_chain(f"/proc/self/fd/{cert_fd}", f"/proc/self/fd/{key_fd}", password=_no_password)
     finally:
         os.close(cert_fd)
         os.close(key_fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _no_password() -> bytes:

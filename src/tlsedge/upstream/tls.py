@@ -21,7 +21,6 @@ attempt, its retries, the error log and the health checks see an ordinary ``SSLC
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from tlsedge.config.schema import ORIGIN_CA_CLIENT, Config, Origin, PoolConfig
 from tlsedge.pki import origin_ca
 from tlsedge.store import Store, StoreError, open_store
 from tlsedge.store.sqlite import FILE_NAME as STORE_FILE
+from tlsedge.tls.memory import load_pem_chain
 from tlsedge.tls.server import TlsSetupError
 
 log = logging.getLogger("tlsedge.upstream")
@@ -123,7 +123,7 @@ class OriginCaWatch:
             if stored is None or stored[0] == loaded:
                 continue
             try:
-                load_client_pem(ctx, *stored)
+                load_pem_chain(ctx, *stored)
             except ssl.SSLError as exc:
                 log.error("site %s: cannot use the renewed origin-CA client certificate (%s); keeping the old one",
                           site, exc)
@@ -158,19 +158,6 @@ def origin_ca_watch(contexts: dict[tuple[str, str], OriginSslContext | None]) ->
         if ctx is not None and ctx.watch is not None:
             return ctx.watch
     return None
-
-
-def load_client_pem(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
-    """Load a client certificate and key held in memory: OpenSSL reads them from an anonymous memory file
-    (``memfd``), so the key never touches a disk."""
-    fd = os.memfd_create("tlsedge-origin-client", os.MFD_CLOEXEC)
-    try:
-        data = memoryview(cert_pem + key_pem)
-        while data:
-            data = data[os.write(fd, data):]
-        ctx.load_cert_chain(f"/proc/self/fd/{fd}")
-    finally:
-        os.close(fd)
 
 
 def origin_ssl_context(
@@ -246,7 +233,7 @@ def _origin_ca_client(ctx: OriginSslContext, pems: tuple[bytes, bytes] | None, c
         return Problem(file=config_path or Path("tlsedge.toml"), field=field, site=site,
                        reason="'origin-ca' needs the origin CA, which does not exist yet: run tlsedge ca init")
     try:
-        load_client_pem(ctx, *pems)
+        load_pem_chain(ctx, *pems)
     except (OSError, ssl.SSLError) as exc:
         return Problem(file=config_path or Path("tlsedge.toml"), field=field, site=site,
                        reason=f"cannot use the origin CA's client certificate: {exc}")
