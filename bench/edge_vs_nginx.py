@@ -499,11 +499,15 @@ def write_proxy_conf(
     return conf
 
 
-def write_edge_conf(d: Path, port: int, origin_port: int, certs: dict[str, Path], origins: str | None = None) -> Path:
+def write_edge_conf(
+    d: Path, port: int, origin_port: int, certs: dict[str, Path], origins: str | None = None, stored: bool = False
+) -> Path:
     """The tlsedge config from the brief: one worker, access log off, same certificate and origin.
 
     ``origins`` replaces the site's ``origins = [...]`` line (e.g. by ``[[site.pool]]`` tables, for balancing.py).
+    ``stored``: the site serves the same certificate from the store (``tlsedge cert import``), as ACME sites do.
     """
+    certificate = "{ imported = true }" if stored else f'{{ cert = "{certs["cert"]}", key = "{certs["key"]}" }}'
     origins = origins or f'origins = ["http://{LOOPBACK}:{origin_port}"]\n'
     cfg = d / "tlsedge.toml"
     cfg.write_text(
@@ -518,7 +522,7 @@ def write_edge_conf(d: Path, port: int, origin_port: int, certs: dict[str, Path]
             [[site]]
             name = "bench"
             hosts = ["{HOST}"]
-            certificate = {{ cert = "{certs["cert"]}", key = "{certs["key"]}" }}
+            certificate = {certificate}
             origin_tls = "flexible"
             """
         )
@@ -1052,6 +1056,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--skip-handshake-check", action="store_true", help="skip the server-side check that handshakes are full"
     )
+    p.add_argument(
+        "--edge-certificate", choices=("files", "store"), default="files",
+        help="the edge's certificate from files, or imported into its store (how ACME and imported sites load it)",
+    )
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs) for inspection")
     args = p.parse_args(argv)
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
@@ -1140,7 +1148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             targets["nginx"] = Target("nginx", port, svc, origin_ref)
         if "tlsedge" in args.servers:
             port = free_port()
-            cfg = write_edge_conf(tmp, port, origin_port, certs)
+            cfg = write_edge_conf(tmp, port, origin_port, certs, stored=args.edge_certificate == "store")
+            if args.edge_certificate == "store":
+                run_checked([*edge_cmd, "cert", "import", "--site", "bench", "--cert", str(certs["cert"]), "--key",
+                             str(certs["key"]), "--trust", str(certs["ca"]), "-c", str(cfg)])
             svc = Service(
                 "tlsedge", ["taskset", "-c", str(args.server_core), *edge_cmd, "serve", "-c", str(cfg)],
                 tmp / "tlsedge.log", tmp,

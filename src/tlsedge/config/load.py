@@ -845,8 +845,6 @@ def _managed_certificate(t: _Table, hosts: list[tuple[str, str]], acme: AcmeSett
                 f"{host!r} is a wildcard: ACME issues wildcards only over the dns-01 challenge, which tlsedge does "
                 "not answer; list the names, or import a wildcard certificate (certificate = { imported = true })",
             )
-        elif is_ip_address(host):
-            t.at(host_where, f"{host!r} is an IP address: tlsedge orders ACME certificates for DNS names only")
     return ManagedCertificate(source="acme", acme=settings)
 
 

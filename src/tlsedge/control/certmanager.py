@@ -47,10 +47,20 @@ _ARI_DEFAULT_RECHECK = 6 * 3600.0  # RFC 9773: poll renewal info about twice a d
 _WAKE_MAX = 5.0  # the loop notices finished jobs at least this often
 _CLIENT_CHECK = 12 * 3600.0  # origin-CA client certificates last a year: look twice a day
 _CLIENT_RETRY = 600.0
+_TEMPORARY_CHECK = 3600.0
 
 
 def acme_sites(config: Config) -> list[SiteConfig]:
     return [s for s in config.sites if s.managed_certificate is not None and s.managed_certificate.acme is not None]
+
+
+def import_sites(config: Config) -> list[SiteConfig]:
+    return [s for s in config.sites if s.managed_certificate is not None and s.managed_certificate.source == "import"]
+
+
+def needs_certmanager(config: Config) -> bool:
+    """Whether this configuration has anything for the certificate manager to look after."""
+    return bool(acme_sites(config) or import_sites(config) or origin_ca_client_sites(config))
 
 
 def origin_ca_client_sites(config: Config) -> list[str]:
@@ -78,6 +88,8 @@ class CertManager:
         }
         for name in origin_ca_client_sites(config):
             self.jobs[f"client:{name}"] = lambda name=name: self.renew_client_certificate(name)
+        for site in import_sites(config):
+            self.jobs[f"temporary:{site.name}"] = lambda site=site: self.keep_temporary(site)
         self.wake_at = dict.fromkeys(self.jobs, 0.0)
 
     def run(self, parent: int | None = None) -> int:
@@ -107,6 +119,14 @@ class CertManager:
                     except Exception:
                         log.exception("%s: certificate maintenance failed unexpectedly", name)
                         self.wake_at[name] = time.time() + _BUSY_RETRY
+
+    def keep_temporary(self, site: SiteConfig) -> float:
+        """A site waiting for its first import keeps a valid temporary certificate (re-issued at half its life)."""
+        try:
+            ensure_temporary(self.store, site.name, site.hosts)
+        except StoreError as exc:
+            log.error("site %s: cannot renew the temporary certificate: %s", site.name, exc)
+        return time.time() + _TEMPORARY_CHECK
 
     def renew_client_certificate(self, site: str) -> float:
         """Keep a site's origin-CA client certificate fresh; workers swap a renewed one in (topic ``origin-ca``)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from tlsedge.config import ConfigError, load_config
 from tlsedge.config.errors import Problem
 from tlsedge.config.schema import Config
-from tlsedge.control.certmanager import acme_sites, origin_ca_client_sites, run_certmanager
+from tlsedge.control.certmanager import needs_certmanager, run_certmanager
 from tlsedge.control.listeners import ListenerSet
 from tlsedge.control.monitor import run_monitor
 from tlsedge.edge.worker import RETIRE_SIGNAL, run_worker
@@ -122,7 +122,7 @@ class Supervisor:
         processes: dict[str, Callable[[], int]] = {}
         if generation.upstream.health is not None:
             processes["health monitor"] = lambda: self._run_monitor(generation)
-        if acme_sites(generation.config) or origin_ca_client_sites(generation.config):
+        if needs_certmanager(generation.config):
             processes["certificate manager"] = lambda: self._run_certmanager(generation)
         return processes
 

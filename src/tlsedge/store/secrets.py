@@ -56,7 +56,8 @@ def unseal(name: str, stored: bytes) -> bytes:
         return AESGCM(key).decrypt(body[:_NONCE], body[_NONCE:], name.encode())
     except InvalidTag:
         raise StoreError(
-            f"cannot decrypt the store value {name!r}: {ENV_KEY} is not the key it was written with"
+            f"cannot decrypt the store value {name!r}: {ENV_KEY} is not the key it was written with, or the value "
+            "was copied from another record"
         ) from None
 
 

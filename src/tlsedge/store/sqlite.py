@@ -116,8 +116,8 @@ class SqliteStore:
         else:
             steps = [(
                 "UPDATE kv SET value = ?, version = version + 1, updated = ?, expires = NULL "
-                "WHERE key = ? AND version = ? RETURNING version",
-                (value, now, key, version),
+                "WHERE key = ? AND version = ? AND (expires IS NULL OR expires > ?) RETURNING version",
+                (value, now, key, version, now),
             )]
         return bool(self._transaction(steps)[-1])
 
