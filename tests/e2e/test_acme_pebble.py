@@ -22,6 +22,11 @@ from acme_support import Pebble
 from cryptography import x509
 from e2e_support import wait_for
 
+from tlsedge.acme.client import open_session
+from tlsedge.config import load_config
+from tlsedge.pki.site_certs import load_certificate
+from tlsedge.store import open_store
+
 LIFETIME = 120  # seconds: pebble's certificateValidityPeriod
 ISSUE_TIMEOUT = 30.0
 
@@ -92,6 +97,18 @@ def test_http01_and_tls_alpn01_orders_reach_valid_and_chains_verify_against_pebb
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert set(san.get_values_for_type(x509.DNSName)) == expected
         assert pebble.cert_status(leaf.serial_number)["Status"] == "Valid"
+    assert _order_status(edge, "alpha") == "valid"
+    assert _order_status(edge, "beta") == "valid"
+
+
+def _order_status(edge, site: str) -> str:
+    """The status of the site's last order, asked from the CA with the edge's own account (POST-as-GET)."""
+    config = load_config(edge.config_path)
+    store = open_store(config.server.state_dir)
+    stored = load_certificate(store, site)
+    assert stored is not None and stored.details["order"], stored
+    session = open_session(store, config.site(site).managed_certificate.acme)
+    return session.net.post(stored.details["order"], None).json()["status"]
 
 
 def test_a_client_trusting_only_pebbles_root_gets_http_through(acme_env, tmp_path) -> None:

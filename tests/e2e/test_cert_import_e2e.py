@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import ssl
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from e2e_support import BLOG_HOSTS, site, wait_for
+from e2e_support import BLOG_HOSTS, children, site, wait_for
 
 from tlsedge.pki.local_ca import IssuedCert
 from tlsedge.pki.site_certs import load_certificate
@@ -160,3 +164,25 @@ def test_import_swaps_certificate_in_running_edge_without_failed_handshakes(make
     assert set(serials) == {first.cert.serial_number, second.cert.serial_number}
     assert held.request(target="/held-2").status == 200
     held.close()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_site_waiting_for_its_import_serves_a_temporary_certificate_and_the_edge_idles(make_edge, py_origin):
+    """Before any import the site is reachable with a temporary certificate; the certificate manager that keeps it
+    fresh sleeps between looks (a busy loop here once cost a whole core)."""
+    edge = make_edge([imported_site(py_origin.url)])
+    with socket.create_connection(("127.0.0.1", edge.https_port), timeout=5) as raw:
+        ctx = ssl._create_unverified_context()
+        with ctx.wrap_socket(raw, server_hostname=BLOG_HOSTS[0]) as tls:
+            leaf = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+    assert "tlsedge temporary" in leaf.issuer.rfc4514_string()
+    processes = children(edge.pid)
+    assert len(processes) == 2  # one worker and the certificate manager
+    before = {pid: _cpu_seconds(pid) for pid in processes}
+    time.sleep(2.0)
+    used = {pid: _cpu_seconds(pid) - cpu for pid, cpu in before.items()}
+    assert all(seconds < 0.3 for seconds in used.values()), used

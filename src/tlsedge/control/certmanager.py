@@ -27,6 +27,7 @@ from tlsedge.config.schema import ORIGIN_CA_CLIENT, AcmeSettings, Config, SiteCo
 from tlsedge.pki import origin_ca
 from tlsedge.pki.site_certs import (
     RENEW_TOPIC,
+    CertificateStatus,
     StoredCertificate,
     leaf_facts,
     load_certificate,
@@ -111,6 +112,9 @@ class CertManager:
                         running[pool.submit(self.jobs[name])] = name
                 pending = [at for name, at in self.wake_at.items() if name not in running.values()]
                 timeout = min([_WAKE_MAX, *(max(0.0, at - now) for at in pending)])
+                if not running:  # wait() returns at once for no futures: sleep instead of spinning
+                    time.sleep(timeout)
+                    continue
                 done, _ = wait(list(running), timeout=timeout, return_when=FIRST_COMPLETED)
                 for future in done:
                     name = running.pop(future)
@@ -159,7 +163,9 @@ class CertManager:
             return min(due, now + settings.check_interval, status.ari_next_check or due)
         return self._order(site, settings, stored, session)
 
-    def _refresh_ari(self, name: str, settings: AcmeSettings, stored: StoredCertificate, status, now: float):
+    def _refresh_ari(
+        self, name: str, settings: AcmeSettings, stored: StoredCertificate, status: CertificateStatus, now: float
+    ) -> acme.Session | None:
         """Ask the CA when to renew (RFC 9773); failures only postpone the next ask."""
         try:
             session = acme.open_session(self.store, settings)
