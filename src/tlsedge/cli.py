@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from tlsedge.commands import cert, cert_revoke, certs, origin_ca
+from tlsedge.commands import cert, cert_revoke, certs, config_or_report, origin_ca
 from tlsedge.config import ConfigError, load_config
 
 
@@ -54,11 +54,8 @@ def _check(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from tlsedge.control.status import NotRunning, collect_status, print_status
 
-    try:
-        config = load_config(Path(args.config))
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
+    config = config_or_report(args.config)
+    if config is None:
         return 1
     try:
         rows = collect_status(config.server.state_dir)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from cryptography import x509
 
-from tlsedge.config import Config, ConfigError, SiteConfig, load_config
+from tlsedge.commands import config_or_report
+from tlsedge.config import Config, SiteConfig
 from tlsedge.pki.import_cert import CertImportError, ImportResult, prepare_import
 from tlsedge.pki.site_certs import StoredCertificate, save_certificate
 from tlsedge.store import StoreError, open_store
@@ -46,11 +47,8 @@ def register(commands: argparse._SubParsersAction) -> argparse._SubParsersAction
 
 
 def _import(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(Path(args.config))
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
+    config = config_or_report(args.config)
+    if config is None:
         return 1
     try:
         site = importing_site(config, args.site)

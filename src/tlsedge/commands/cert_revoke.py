@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from tlsedge.acme import client as acme
-from tlsedge.config import ConfigError, load_config
+from tlsedge.commands import config_or_report
 from tlsedge.pki.site_certs import RENEW_TOPIC, load_certificate, load_status, save_status
 from tlsedge.store import StoreError, open_store
 
@@ -29,11 +28,8 @@ def register(cert_actions: argparse._SubParsersAction) -> None:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(Path(args.config))
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
+    config = config_or_report(args.config)
+    if config is None:
         return 1
     sites = {site.name: site for site in config.sites}
     site = sites.get(args.site)

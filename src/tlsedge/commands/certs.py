@@ -18,7 +18,7 @@ from typing import IO, Any
 from cryptography import x509
 
 from tlsedge.acme.schedule import scheduled_renewal
-from tlsedge.config import ConfigError, load_config
+from tlsedge.commands import config_or_report
 from tlsedge.config.schema import Config, SiteConfig
 from tlsedge.pki.site_certs import leaf_facts, load_certificate, load_status
 from tlsedge.store import StoreError, open_store
@@ -34,11 +34,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(Path(args.config))
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
+    config = config_or_report(args.config)
+    if config is None:
         return 1
     try:
         rows = certificate_rows(config)

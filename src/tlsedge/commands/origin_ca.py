@@ -15,7 +15,8 @@ from pathlib import Path
 
 from cryptography import x509
 
-from tlsedge.config import Config, ConfigError, load_config
+from tlsedge.commands import config_or_report
+from tlsedge.config import Config
 from tlsedge.config.certs import read_bytes
 from tlsedge.pki import origin_ca
 from tlsedge.pki.local_ca import write_private
@@ -74,11 +75,8 @@ def _leaf(commands: argparse._SubParsersAction, name: str, help_text: str, actio
 
 def _run(action: Action, args: argparse.Namespace) -> int:
     """Load the configuration, open its store, run the command; every failure becomes one line on stderr."""
-    try:
-        config = load_config(Path(args.config))
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
+    config = config_or_report(args.config)
+    if config is None:
         return 1
     store = open_store(config.server.state_dir)
     try:
