@@ -20,7 +20,6 @@ from tlsedge.pki.site_certs import (
     load_status,
     save_certificate,
     save_status,
-    stored_sites,
 )
 from tlsedge.store import SqliteStore, StoreError, open_store
 from tlsedge.store.secrets import ENV_KEY, get_secret, put_secret, seal, unseal
@@ -177,7 +176,6 @@ def test_certificate_round_trip_with_a_sealed_key(store, store_key, ca):
     assert loaded.not_after == issued.cert.not_valid_after_utc
     assert loaded.renew_at == renew_at
     assert loaded.details == {"order": "https://ca.example/order/1"}
-    assert stored_sites(store) == ["blog"]
 
 
 def test_certificate_key_is_plain_pem_without_a_store_key(store, no_key, ca):

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
+from tlsedge.pki.local_ca import private_key_pem
 from tlsedge.store.base import Store
 from tlsedge.tls.memory import load_pem_chain
 
@@ -77,10 +78,7 @@ def validation_certificate(name: str, key_authorization: str) -> tuple[bytes, by
         .add_extension(x509.UnrecognizedExtension(ACME_IDENTIFIER_OID, b"\x04\x20" + digest), critical=True)
         .sign(key, hashes.SHA256())
     )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+    return cert.public_bytes(serialization.Encoding.PEM), private_key_pem(key)
 
 
 def tls_alpn01_context(store: Store, name: str | None) -> ssl.SSLContext | None:

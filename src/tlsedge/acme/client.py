@@ -33,6 +33,7 @@ from cryptography.x509.oid import NameOID
 
 from tlsedge.acme import answers
 from tlsedge.config.schema import AcmeSettings
+from tlsedge.pki.local_ca import private_key_pem
 from tlsedge.store.base import Store
 from tlsedge.store.secrets import seal, unseal
 
@@ -168,9 +169,7 @@ def open_session(store: Store, settings: AcmeSettings) -> Session:
         if store.get(name) is not None:  # another thread registered meanwhile: use that account
             return open_session(store, settings)
         _register(acme, net, key, settings)
-        key_pem = key.key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key_pem = private_key_pem(key.key)
         record = {
             "directory": settings.directory,
             "contact": settings.contact,
@@ -312,10 +311,7 @@ def order_certificate(
         raise failure("ACME order failed", exc, session.net) from None
     finally:
         answers.remove_answers(store, tokens, alpn_names)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return Issued(finished.fullchain_pem.encode("ascii"), key_pem, orderr.uri or "")
+    return Issued(finished.fullchain_pem.encode("ascii"), private_key_pem(key), orderr.uri or "")
 
 
 def _new_order(

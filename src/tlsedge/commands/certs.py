@@ -92,6 +92,8 @@ def _stored_row(site: SiteConfig, store: Any, now: datetime) -> dict[str, Any]:
             not_after=stored.not_after.isoformat(),
         )
         row["renewal"] = _renewal(site, stored, status, now)
+    if status.last_success_at:
+        row["last_success"] = datetime.fromtimestamp(status.last_success_at, UTC).isoformat(timespec="seconds")
     if status.last_error:
         when = datetime.fromtimestamp(status.last_error_at or 0, UTC).isoformat(timespec="seconds")
         row["last_error"] = f"{when}: {status.last_error}"

@@ -142,9 +142,8 @@ class Supervisor:
     def _run_monitor(self, generation: Generation) -> int:
         """Active health checks, once per edge; workers read the verdicts from shared memory."""
         contexts = generation.upstream.contexts
-
         watch = origin_ca_watch(contexts)
-        store = open_store(generation.config.server.state_dir)
+        store = open_store(generation.config.server.state_dir)  # opened on first use: only when there is a watch
         return run_monitor(
             generation.config,
             generation.upstream.health,

@@ -543,9 +543,9 @@ class ClientConnection(asyncio.Protocol):
             ex.chunked_upload = True
         ex.body_limit = site.max_body_size
 
-        if not self.tls and edge.acme_store is not None and ex.target.startswith(HTTP01_PREFIX):
+        if not self.tls and edge.answers_acme and ex.target.startswith(HTTP01_PREFIX):
             # An ACME CA validating HTTP-01 (never redirected: the CA may not trust what https serves yet).
-            answer = http01_answer(edge.acme_store, ex.target[len(HTTP01_PREFIX):])
+            answer = http01_answer(edge.store, ex.target[len(HTTP01_PREFIX):])
             if answer is not None or site.orders_acme:
                 ex.acme_answer = answer or b""
                 return

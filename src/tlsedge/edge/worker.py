@@ -87,19 +87,14 @@ class Edge:
         store = tls.store if tls is not None else None
         self.store: Store = store if store is not None else open_store(config.server.state_dir)
         self.origin_watch = origin_ca_watch(setup.contexts)
-        self.acme_store: Store | None = None
-        self.tls_alpn_challenges = False
         acme = [site.managed_certificate.acme for site in config.sites if self.sites[site.name].orders_acme]
-        if acme:
-            self.acme_store = self.store
-            self.tls_alpn_challenges = any("tls-alpn-01" in settings.challenges for settings in acme)
+        self.answers_acme = bool(acme)  # serve HTTP-01 answers from the store
+        self.tls_alpn_challenges = any("tls-alpn-01" in settings.challenges for settings in acme)
 
     def tls_alpn_answer(self, server_name: str | None) -> ssl.SSLContext | None:
         """The TLS-ALPN-01 validation context for a name, when an order awaits it (else None)."""
-        if self.acme_store is None:
-            return None
         try:
-            return tls_alpn01_context(self.acme_store, server_name)
+            return tls_alpn01_context(self.store, server_name)
         except (StoreError, ssl.SSLError, ValueError) as exc:
             log.error("cannot answer the TLS-ALPN-01 challenge for %s: %s", server_name, exc)
             return None

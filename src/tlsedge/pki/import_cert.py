@@ -29,7 +29,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 
 from tlsedge.config.certs import dns_names, key_type, key_unfit_reason, same_public_key
 from tlsedge.config.values import name_covers
-from tlsedge.pki.site_certs import key_pem_of
+from tlsedge.pki.local_ca import private_key_pem
 
 WARN_BEFORE = timedelta(days=30)  # an imported certificate is never renewed by tlsedge: warn the operator early
 
@@ -142,7 +142,7 @@ def prepare_import(
     path = _trusted_path(chain, [*trusted_roots, *system_roots()]) or _untrusted_path(chain, cert_file, warnings)
     _check_issuers(path)
     pem = b"".join(cert.public_bytes(serialization.Encoding.PEM) for cert in served)
-    return ImportResult(tuple(served), pem, key_pem_of(key), tuple(warnings))
+    return ImportResult(tuple(served), pem, private_key_pem(key), tuple(warnings))
 
 
 @functools.cache

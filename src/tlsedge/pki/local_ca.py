@@ -20,6 +20,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -52,7 +53,8 @@ def _new_key(key_type: str) -> PrivateKey:
     raise ValueError(f"unknown key type {key_type!r}: use 'ecdsa' or 'rsa'")
 
 
-def _key_pem(key: PrivateKey) -> bytes:
+def private_key_pem(key: PrivateKeyTypes) -> bytes:
+    """Unencrypted PKCS#8 PEM of a private key: what key files and the store (which seals it) hold."""
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -103,7 +105,7 @@ def _leaf(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             # keyEncipherment: RSA key exchange is never used by our TLS settings, but old clients check for it.
-            _key_usage(digital_signature=True, key_encipherment=is_rsa),
+            key_usage(digital_signature=True, key_encipherment=is_rsa),
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -115,7 +117,7 @@ def _leaf(
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-def _key_usage(**granted: bool) -> x509.KeyUsage:
+def key_usage(**granted: bool) -> x509.KeyUsage:
     """A KeyUsage extension with only the named usages set (the constructor wants all nine spelled out)."""
     usages = dict.fromkeys(
         ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
@@ -166,7 +168,7 @@ class LocalCA:
             .not_valid_after(end)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
-                _key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True),
+                key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True),
                 critical=True,
             )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -185,7 +187,7 @@ class LocalCA:
     def save(self, cert_path: Path, key_path: Path) -> None:
         """Write the root certificate and its key (mode 0600)."""
         _write_public(Path(cert_path), self.cert_pem)
-        write_private(Path(key_path), _key_pem(self.key))
+        write_private(Path(key_path), private_key_pem(self.key))
 
     @property
     def cert_pem(self) -> bytes:
@@ -217,7 +219,7 @@ class LocalCA:
             client=client,
             aki=x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
         )
-        return IssuedCert(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+        return IssuedCert(cert.public_bytes(serialization.Encoding.PEM), private_key_pem(key))
 
 
 def self_signed(names: Sequence[str], *, key_type: str = "ecdsa", days: int = 90) -> IssuedCert:
@@ -228,4 +230,4 @@ def self_signed(names: Sequence[str], *, key_type: str = "ecdsa", days: int = 90
         raise ValueError("a certificate needs at least one name")
     start, end = _validity(days, None, None)
     cert = _leaf(names, key, subject, key, start=start, end=end, server=True, client=False, aki=None)
-    return IssuedCert(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+    return IssuedCert(cert.public_bytes(serialization.Encoding.PEM), private_key_pem(key))

@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tlsedge.config.values import is_ip_address, normalize_hostname
-from tlsedge.pki.local_ca import _key_usage
+from tlsedge.pki.local_ca import key_usage, private_key_pem
 from tlsedge.store.base import Store, StoreError
 from tlsedge.store.secrets import get_secret, put_secret, seal, unseal
 
@@ -177,7 +177,7 @@ def init_ca(store: Store, *, common_name: str = "tlsedge origin CA", force: bool
             .not_valid_before(start)
             .not_valid_after(start + timedelta(days=_ROOT_DAYS))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
+            .add_extension(key_usage(key_cert_sign=True, crl_sign=True), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, _HASH)
         )
@@ -406,7 +406,7 @@ def _sign_leaf(
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            _key_usage(digital_signature=True, key_encipherment=isinstance(public_key, rsa.RSAPublicKey)),
+            key_usage(digital_signature=True, key_encipherment=isinstance(public_key, rsa.RSAPublicKey)),
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
@@ -428,11 +428,6 @@ def _put_record(store: Store, record: IssuedRecord) -> None:
 
 def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _private_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
 
 
 def _issue_server(store: Store, public_key: PublicKey, hosts: tuple[str, ...], days: int,
@@ -463,7 +458,7 @@ def issue_with_new_key(store: Store, hosts: Sequence[str], key_type: str = "ecds
     names = normalize_hosts(hosts)
     key = _new_key(key_type)
     cert = _issue_server(store, key.public_key(), names, days, "generated")
-    return _pem(cert), _private_pem(key)
+    return _pem(cert), private_key_pem(key)
 
 
 def _new_key(key_type: str) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
@@ -662,7 +657,7 @@ def client_certificate_for_site(store: Store, site: str) -> tuple[bytes, bytes]:
                           sans=[x509.UniformResourceIdentifier(uri)], usage=ExtendedKeyUsageOID.CLIENT_AUTH,
                           days=CLIENT_DAYS)
         _record(store, cert, "client", (uri,), site, "generated")
-        cert_pem, key_pem = _pem(cert), _private_pem(key)
+        cert_pem, key_pem = _pem(cert), private_key_pem(key)
         name = _CLIENT + site
         record = {"cert_pem": cert_pem.decode("ascii"), "key": base64.b64encode(seal(name, key_pem)).decode("ascii")}
         store.put(name, json.dumps(record).encode())

@@ -12,11 +12,10 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from tlsedge.store.base import Store, StoreError
 from tlsedge.store.secrets import seal, unseal
@@ -128,11 +127,6 @@ def load_certificate(store: Store, site: str) -> StoredCertificate | None:
                              not_after, renew_at, dict(record.get("details") or {}))
 
 
-def stored_sites(store: Store) -> list[str]:
-    """Names of the sites that have a stored certificate."""
-    return [key[len(_CERT_PREFIX):] for key in store.scan(_CERT_PREFIX)]
-
-
 def load_status(store: Store, site: str) -> CertificateStatus:
     entry = store.get(_STATUS_PREFIX + site)
     if entry is None:
@@ -145,14 +139,3 @@ def load_status(store: Store, site: str) -> CertificateStatus:
 
 def save_status(store: Store, site: str, status: CertificateStatus) -> None:
     store.put(_STATUS_PREFIX + site, json.dumps(asdict(status)).encode())
-
-
-def key_pem_of(key: object) -> bytes:
-    """PKCS#8 PEM of a private key object (unencrypted: the store seals it)."""
-    return key.private_bytes(  # type: ignore[attr-defined]
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)

@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tlsedge.pki.local_ca import LocalCA
+from tlsedge.pki.local_ca import LocalCA, private_key_pem
 from tlsedge.pki.site_certs import StoredCertificate, load_certificate, save_certificate
 from tlsedge.store.base import Store
 from tlsedge.store.secrets import seal, unseal
@@ -40,9 +40,7 @@ def temporary_ca(store: Store) -> LocalCA:
                 raise ValueError("the temporary CA key in the store is not an EC key")
             return LocalCA(cert, key)
         ca = LocalCA.create(common_name=_CA_NAME, days=3650)
-        key_pem = ca.key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key_pem = private_key_pem(ca.key)
         record = {"cert": ca.cert_pem.decode("ascii"), "key": base64.b64encode(seal(_CA_KEY, key_pem)).decode()}
         store.put_if_version(_CA_KEY, json.dumps(record).encode(), 0)
     raise RuntimeError("the temporary CA could not be stored")

@@ -143,20 +143,19 @@ class TlsTable:
         """The store managed certificates come from (None when every certificate is a file)."""
         return self._store
 
-    def refresh(self) -> list[str]:
-        """Swap in certificates renewed or imported since the last look; return the sites that changed.
+    def refresh(self) -> None:
+        """Swap in certificates renewed or imported since the last look.
 
         Cheap when nothing changed (one read of the ``certs`` topic). A new context only affects handshakes that
         start after the swap: connections already open keep theirs, so nothing is dropped. A certificate that does
         not load is logged and the current one kept.
         """
         if self._store is None or not self._managed:
-            return []
+            return
         version = self._store.topic_version(CERTS_TOPIC)
         if version == self._certs_version:
-            return []
+            return
         self._certs_version = version
-        changed = []
         for site, serial in list(self._managed.items()):
             stored = load_certificate(self._store, site)
             if stored is None or stored.serial == serial:
@@ -168,10 +167,8 @@ class TlsTable:
                           site, stored.serial, exc)
                 continue
             self._managed[site] = stored.serial
-            changed.append(site)
             log.info("site %s: now serving the %s certificate with serial %x, valid until %s", site, stored.source,
                      stored.serial, stored.not_after.isoformat())
-        return changed
 
 
 def stored_context(stored: StoredCertificate, ticket_keys: bytes) -> ssl.SSLContext:
