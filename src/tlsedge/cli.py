@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from tlsedge.commands import cert, cert_revoke, certs, config_or_report, origin_ca
+from tlsedge.commands import cert, cert_revoke, certs, config_or_report, origin_ca, purge
 from tlsedge.config import ConfigError, load_config
 
 
@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     certs.register(commands)
     cert_revoke.register(cert.register(commands))
     origin_ca.register(commands)
+    purge.register(commands)
 
     demo = commands.add_parser("demo", help="run a demo edge with two sites in front of demo origins")
     demo.add_argument("--state-dir", default="./state", help="where the demo keeps its CA, certificates, config")

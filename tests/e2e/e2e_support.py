@@ -237,7 +237,8 @@ class Edge:
         while True:
             if self.proc.poll() is not None:
                 raise AssertionError(f"edge exited with {self.proc.returncode} at start\n{self.diagnostics()}")
-            if port_accepts(self.https_port) and port_accepts(self.http_port) and self._answers():
+            https_up = not self.server["https"] or port_accepts(self.https_port)
+            if https_up and port_accepts(self.http_port) and self._answers():
                 want = int(self.server.get("workers", 1))
                 while len(self.worker_pids()) < want and time.monotonic() < deadline:
                     time.sleep(0.05)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tlsedge.config import cache as cache_config
 from tlsedge.config import load_config
 from tlsedge.config.load import (
     _ACME_KEYS,
@@ -58,6 +59,8 @@ TABLE_SECTIONS = {
     "route": "[[site.route]]",
     "health": "[site.pool.health]",
     "outlier": "[site.pool.outlier]",
+    "cache": "[site.cache]",
+    "rule": "[[site.cache.rule]]",
 }
 # Each table the loader reads, by the heading code of its section, with the keys it accepts.
 SECTIONS: dict[str, Collection[str]] = {
@@ -76,6 +79,9 @@ SECTIONS: dict[str, Collection[str]] = {
     "[site.pool.outlier]": _OUTLIER,
     "[[site.route]]": _ROUTE_KEYS,
     "request_headers": _HEADER_EDIT_KEYS,
+    "[cache]": cache_config.STORAGE_KEYS,
+    "[site.cache]": cache_config.SITE_KEYS,
+    "[[site.cache.rule]]": cache_config.RULE_KEYS,
 }
 # Defaults to check: (section, schema class, the loader's readers of that table).
 DEFAULTS: list[tuple[str, type, dict[str, Callable[[_Table, str], Any]]]] = [
@@ -188,3 +194,45 @@ def test_documented_acme_defaults_are_the_real_defaults(tmp_path):
         if field.name in rows and rows[field.name][1] != "none":
             real = pytest.approx(field.default, rel=1e-2) if isinstance(field.default, float) else field.default
             assert getattr(loaded, field.name) == real, field.name
+
+
+@pytest.mark.parametrize("section", ["[cache]", "[site.cache]", "[[site.cache.rule]]"])
+def test_documented_cache_defaults(section, tmp_path):
+    """Every default the cache tables document, written into a file and loaded, is the default the code uses."""
+    values = {}
+    for key, cells in SECTION_ROWS[section].items():
+        try:
+            values[key] = _documented_default(section, key)
+        except tomllib.TOMLDecodeError:
+            continue  # "none", "required": no value to write
+    values.pop("path", None)  # "<state_dir>/cache" is a description, checked below
+    storage = values if section == "[cache]" else {}
+    site_cache = {"enabled": True, **values} if section == "[site.cache]" else {"enabled": True}
+    rule = {**values, "path_prefix": "/r/"} if section == "[[site.cache.rule]]" else None
+    text = [f'[server]\nstate_dir = "{tmp_path}"\nhttp = ["127.0.0.1:8080"]\n[cache]']
+    text += [f"{key} = {_toml(value)}" for key, value in storage.items()]
+    text.append('[[site]]\nname = "s"\nhosts = ["s.example"]\norigins = ["http://127.0.0.1:9"]\n[site.cache]')
+    text += [f"{key} = {_toml(value)}" for key, value in site_cache.items()]
+    if rule is not None:
+        text.append("[[site.cache.rule]]")
+        text += [f"{key} = {_toml(value)}" for key, value in rule.items()]
+    path = tmp_path / "c.toml"
+    path.write_text("\n".join(text) + "\n")
+    config = load_config(path)
+    if section == "[cache]":
+        assert config.cache == cache_config.CacheStorage()
+        assert SECTION_ROWS[section]["path"][1] == '`"<state_dir>/cache"`'
+    elif section == "[site.cache]":
+        assert config.sites[0].cache == cache_config.SiteCache()
+    else:
+        assert config.sites[0].cache.rules == (cache_config.CacheRule(path_prefix="/r/"),)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)

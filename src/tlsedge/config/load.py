@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from . import certs
+from .cache import load_site_cache, load_storage
 from .errors import ConfigError, Problem
 from .schema import (
     LETS_ENCRYPT,
@@ -77,7 +78,7 @@ from .values import (
 
 T = TypeVar("T")
 
-_ROOT_KEYS = ("server", "acme", "site")
+_ROOT_KEYS = ("server", "acme", "cache", "site")
 _SERVER_KEYS = (
     "state_dir",
     "workers",
@@ -105,6 +106,7 @@ _SITE_KEYS = (
     "origin",
     "pool",
     "route",
+    "cache",
 )
 _CERTIFICATE_KEYS = ("cert", "key")
 _ACME_KEYS = (
@@ -163,11 +165,12 @@ def load_config(path: Path) -> Config:
     root = _Table(report, data, "", None, _ROOT_KEYS)
     server = _server(root)
     acme = _acme_defaults(root)
+    cache = load_storage(root)
     sites = _sites(root, acme)
     _check_server_against_sites(root, server, sites)
     if report.problems:
         raise ConfigError(report.problems)
-    return Config(path=path.absolute(), server=server, sites=sites, warnings=tuple(report.warnings))
+    return Config(path=path.absolute(), server=server, sites=sites, cache=cache, warnings=tuple(report.warnings))
 
 
 @dataclass
@@ -542,6 +545,7 @@ def _site(
             origin_client_certificate=defaults.client_certificate,
             managed_certificate=managed,
             max_body_size=t.size("max_body_size"),
+            cache=load_site_cache(t),
             origin=_origin_timeouts(t.child(origin, f"{prefix}.origin", _ORIGIN)) if origin is not None else None,
         ),
     )

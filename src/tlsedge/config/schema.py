@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from tlsedge.config.cache import CacheStorage, SiteCache
+
 OriginTls = Literal["flexible", "full", "strict"]
 Balance = Literal["round_robin", "least_requests", "power_of_two", "hash"]
 HashMethod = Literal["ring", "maglev"]
@@ -253,6 +255,7 @@ class SiteConfig:
     hsts: str | None = None  # value of Strict-Transport-Security added to https responses
     max_body_size: int = 100 * 1024 * 1024  # request body limit; over it -> 413; 0 = unlimited
     origin: OriginTimeouts = field(default_factory=OriginTimeouts)
+    cache: SiteCache = field(default_factory=SiteCache)
 
     @property
     def serves_https(self) -> bool:
@@ -278,6 +281,7 @@ class Config:
     path: Path
     server: ServerConfig
     sites: tuple[SiteConfig, ...]
+    cache: CacheStorage = field(default_factory=CacheStorage)
     warnings: tuple[str, ...] = ()  # things that work but deserve the operator's attention (logged at start)
 
     def site(self, name: str) -> SiteConfig:

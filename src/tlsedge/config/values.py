@@ -18,9 +18,9 @@ from typing import Literal
 
 from .schema import HashSource, Listener
 
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([a-z]*)$")
-_DURATION_HELP = "write a number of seconds (30, 0.25) or a string with a unit: '250ms', '30s', '5m', '1h'"
+_DURATION_HELP = "write a number of seconds (30, 0.25) or a string with a unit: '250ms', '30s', '5m', '1h', '1d'"
 
 _KIB = 1024
 _SIZE_UNITS = {"b": 1, "k": _KIB, "kib": _KIB, "m": _KIB**2, "mib": _KIB**2, "g": _KIB**3, "gib": _KIB**3}

@@ -72,6 +72,17 @@ def _read_live(path: Path, now: float) -> dict[str, Any] | None:
     return data
 
 
+def live_worker_pids(state_dir: Path) -> list[int]:
+    """The pids of the running edge's workers (their status files are fresh and they are alive)."""
+    now = time.time()
+    pids = []
+    for path in run_dir(state_dir).glob("worker-*.json"):
+        data = _read_live(path, now)
+        if data is not None:
+            pids.append(data["pid"])
+    return sorted(pids)
+
+
 def _not_running(directory: Path, now: float) -> NotRunning:
     """The error to show, with the age of the newest file when there is one (the edge stopped, or is hung)."""
     ages = []

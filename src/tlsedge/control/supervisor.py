@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tlsedge.cache.generations import Generations
 from tlsedge.config import ConfigError, load_config
 from tlsedge.config.errors import Problem
 from tlsedge.config.schema import Config
@@ -291,7 +292,7 @@ def _fork(run: Callable[[], int]) -> int:
 
 def _upstream_setup(config: Config) -> UpstreamSetup:
     """Origin-side state made before forking: TLS contexts (checked now, so a bad reload keeps the old config), the
-    shared health table, and the sticky-cookie key."""
+    shared health table, the sticky-cookie key and the cache's shared invalidation counters."""
     contexts = origin_ssl_contexts(config)
     slots = health_slots(config)
     pools = [pool for site in config.sites for pool in site.pools]
@@ -301,6 +302,7 @@ def _upstream_setup(config: Config) -> UpstreamSetup:
         health=SharedHealth(len(slots)) if slots else None,
         health_slots=slots,
         sticky_key=sticky_key,
+        cache_generations=Generations() if any(site.cache.enabled for site in config.sites) else None,
     )
 
 

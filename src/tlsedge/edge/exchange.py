@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from tlsedge.cache.fill import Fill
+    from tlsedge.edge.cache_phase import CacheRequest, _Follower
+    from tlsedge.edge.cache_reply import CacheReply
     from tlsedge.pipeline.routes import Route
     from tlsedge.pipeline.site import SiteRuntime
     from tlsedge.upstream.connection import OriginConnection
@@ -24,11 +27,14 @@ class Exchange:
         "body_limit",
         "bytes_in",
         "bytes_out",
+        "cache",
         "chunked_upload",
         "client_ip",
         "error",
         "expect_continue",
+        "fill",
         "finished",
+        "follower",
         "group",
         "has_body",
         "hash_key",
@@ -47,6 +53,7 @@ class Exchange:
         "redirect",
         "reject",
         "replay",
+        "reply",
         "request_id",
         "response_chunked",
         "response_started",
@@ -115,3 +122,7 @@ class Exchange:
         self.error: str | None = None
         self.t_upstream = 0.0
         self.t_head = 0.0
+        self.cache: CacheRequest | None = None  # the cache phase's state, on sites with the cache on
+        self.fill: Fill | None = None  # the response is being stored while it streams to this client
+        self.follower: _Follower | None = None  # waiting for (or reading) the fill of another request
+        self.reply: CacheReply | None = None  # the response comes from the cache

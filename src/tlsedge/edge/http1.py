@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 import httptools
 
 from tlsedge.acme.answers import HTTP01_PREFIX, http01_answer
+from tlsedge.cache.fill import DONE
+from tlsedge.edge import cache_phase
 from tlsedge.edge.errors import NO_ORIGIN_TEXT, REDIRECT_LOOP_TEXT, error_response, redirect_response, text_response
 from tlsedge.edge.exchange import Exchange
 from tlsedge.edge.flexible import redirects_to_itself
@@ -132,6 +134,8 @@ class ClientConnection(asyncio.Protocol):
         self.closed = True
         self.edge.clients.discard(self)
         ex = self.current
+        if ex is not None and ex.cache is not None and not ex.finished:
+            cache_phase.abandon(self, ex)
         if ex is not None and ex.tunnel:
             if ex.origin is not None:
                 ex.origin.close_tunnel()
@@ -161,6 +165,8 @@ class ClientConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         ex = self.current
+        if ex is not None and ex.reply is not None:
+            ex.reply.pump()
         if ex is not None and ex.origin is not None and not ex.origin.closed:
             ex.origin.transport.resume_reading()
             if not ex.tunnel:
@@ -619,9 +625,29 @@ class ClientConnection(asyncio.Protocol):
             self.out.append(redirect_response(location, close=not ex.keep_alive, head_only=ex.method == b"HEAD"))
             self._finish(ex)
             return
+        if ex.site.cache is not None and ex.upgrade is None and cache_phase.begin(self, ex):
+            return  # answered from the cache, or waiting for another request's fill
         if ex.expect_continue and ex.has_body and not ex.http10:  # RFC 9110 10.1.1: never to HTTP/1.0
             self.out.append(_CONTINUE)
         self._dispatch(ex)
+
+    def cache_forward(self, ex: Exchange) -> None:
+        """A collapsed request that cannot share the other's response: it goes to the origin itself."""
+        if ex is self.current and not ex.finished and not self.closed:
+            ex.follower = None
+            ex.cache.fill = None
+            self._dispatch(ex)
+            self.flush()
+
+    def cache_error(self, ex: Exchange, status: int, reason: str) -> None:
+        self._answer(ex, status, reason, close=False)
+
+    def cache_reply_done(self, ex: Exchange) -> None:
+        """A response served from the cache has been written out."""
+        ex.reply = None
+        if ex is self.current and not ex.finished:
+            self._finish(ex)
+            self.flush()
 
     def _answer_acme(self, ex: Exchange) -> None:
         ex.status = 200 if ex.acme_answer else 404
@@ -765,15 +791,23 @@ class ClientConnection(asyncio.Protocol):
                 close=False, text=REDIRECT_LOOP_TEXT,
             )
             return
+        cache_field = b""
+        if ex.cache is not None:
+            cache_field = cache_phase.response_head(self, ex, status, headers)
+            if cache_field is None:  # the cache answers: our revalidation got a 304, or the origin failed
+                self._cache_answers(ex, conn, status)
+                return
+            ex.fill = ex.cache.fill if ex.cache.stored else None
         ex.status = status
         ex.response_started = True
         fields: list[bytes] = []
         append = fields.append
         conn_tokens: set[bytes] | None = None
         has_length = chunked = False
+        skip = ex.site.response_skip
         for name, value in headers:
             lname = name.lower()
-            if lname in HOP_BY_HOP:
+            if lname in skip:
                 if lname == b"connection":
                     tokens = connection_tokens(value)
                     if tokens:
@@ -792,7 +826,7 @@ class ClientConnection(asyncio.Protocol):
         route = ex.route
         if route.has_response_edits:
             fields = apply_edits(fields, route.response_drop, route.response_lines)
-        tail: list[bytes] = []
+        tail: list[bytes] = [cache_field] if cache_field else []
         if ex.set_cookie:
             tail.append(ex.set_cookie)
         if self.tls and ex.site.https_response_head:
@@ -818,8 +852,18 @@ class ClientConnection(asyncio.Protocol):
             tail.append(b"\r\n")
         self.out.append(b"".join((status_line(status), *fields, *tail)))
 
+    def _cache_answers(self, ex: Exchange, conn: OriginConnection, status: int) -> None:
+        if status == 304:
+            ex.cache.revalidated = True  # served from the cache once the 304's message has ended
+            return
+        conn.abort()
+        ex.origin = None
+        cache_phase.serve_stale_on_error(self, ex, status)
+
     def origin_body(self, body: bytes) -> None:
         ex = self.current
+        if ex.fill is not None:
+            ex.fill.add(body)
         ex.bytes_out += len(body)
         if ex.response_chunked:
             self.out.append(b"%x\r\n" % len(body))
@@ -831,6 +875,16 @@ class ClientConnection(asyncio.Protocol):
     def origin_done(self, conn: OriginConnection, reusable: bool) -> None:
         ex = self.current
         ex.origin = None
+        if ex.fill is not None:
+            ex.fill.complete()
+            ex.fill = None
+        if ex.cache is not None and ex.cache.revalidated:
+            if reusable and ex.body_done:
+                ex.pool.release(conn)
+            else:
+                conn.abort()
+            cache_phase.answer_revalidated(self, ex)
+            return
         if ex.response_chunked:
             self.out.append(b"0\r\n\r\n")
         if reusable and ex.body_done:
@@ -953,6 +1007,8 @@ class ClientConnection(asyncio.Protocol):
     def _answer(self, ex: Exchange, status: int, reason: str, *, close: bool, extra: bytes = b"",
                 logged: bool = False, text: str | None = None) -> None:
         """Answer with an error page of our own; server-side failures also go to the error log."""
+        if status >= 500 and ex.cache is not None and cache_phase.serve_stale_on_error(self, ex, status):
+            return
         ex.status = status
         ex.error = reason
         if status >= 500 and not logged:
@@ -976,6 +1032,10 @@ class ClientConnection(asyncio.Protocol):
     def _finish(self, ex: Exchange) -> None:
         ex.finished = True
         ex.answered = True
+        if ex.cache is not None and ex.follower is None:
+            fill = ex.cache.fill
+            if fill is not None and fill.state < DONE and ex.origin is None:
+                fill.fail("origin-failed")
         if ex.origin is not None:
             ex.origin.abort()
             ex.origin = None

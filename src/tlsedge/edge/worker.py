@@ -20,6 +20,8 @@ from time import monotonic
 import uvloop
 
 from tlsedge.acme.answers import tls_alpn01_context
+from tlsedge.cache import purge as cache_purge
+from tlsedge.cache.runtime import CacheRuntime
 from tlsedge.config.schema import Config
 from tlsedge.control.status import write_json_atomic
 from tlsedge.edge.acceptor import PeekingTlsAcceptor, UvloopListener
@@ -36,6 +38,7 @@ log = logging.getLogger("tlsedge.worker")
 
 SWEEP_INTERVAL = 0.5
 STATS_EVERY = 2  # sweeps between two writes of this worker's statistics file (for `tlsedge status`)
+EVICT_EVERY = 5  # sweeps between two checks of the disk tier's budget (by whichever worker takes the lock)
 # Sent by the control process to the workers of a generation a reload replaced (SIGTERM means shut down).
 RETIRE_SIGNAL = signal.SIGUSR1
 # How long a retired worker keeps an idle keep-alive connection open for one more request.
@@ -90,6 +93,18 @@ class Edge:
         acme = [site.managed_certificate.acme for site in config.sites if self.sites[site.name].orders_acme]
         self.answers_acme = bool(acme)  # serve HTTP-01 answers from the store
         self.tls_alpn_challenges = any("tls-alpn-01" in settings.challenges for settings in acme)
+        self.cache: CacheRuntime | None = None
+        self.purges_seen: set[str] = set()
+        self.purge_version = -1
+        self.evicting = False
+        cached = [site for site in self.sites.values() if site.config.cache.enabled]
+        if cached:
+            self.cache = CacheRuntime(config.cache, config.server.state_dir, config.server.workers,
+                                      setup.cache_generations)
+            for site in cached:
+                site.enable_cache(self.cache)
+            # Purges issued before this worker started found nothing of it in memory: only newer ones apply.
+            self.purges_seen = {purge.id for purge in cache_purge.pending(self.store, set())}
 
     def tls_alpn_answer(self, server_name: str | None) -> ssl.SSLContext | None:
         """The TLS-ALPN-01 validation context for a name, when an order awaits it (else None)."""
@@ -156,10 +171,57 @@ class Edge:
                 log.error("cannot look for new certificates: %s", exc)
         if self.origin_watch is not None:
             self.origin_watch.refresh(self.store)
+        if self.cache is not None:
+            self._follow_purges()
+            if self.sweeps % EVICT_EVERY == 0 and not self.evicting:
+                self._evict_disk()
         self.access.flush()
         self.sweeps += 1
         if self.sweeps % STATS_EVERY == 0:
             self.write_stats()
+
+    def _follow_purges(self) -> None:
+        """Apply purges published since the last sweep to this worker's memory tier, and say how many it removed."""
+        try:
+            version = self.store.topic_version(cache_purge.TOPIC)
+            if version == self.purge_version:
+                return
+            self.purge_version = version
+            for purge in cache_purge.pending(self.store, self.purges_seen):
+                self.purges_seen.add(purge.id)
+                removed = self.cache.purge_memory(purge)
+                cache_purge.answer(self.store, purge, os.getpid(), removed)
+        except StoreError as exc:
+            log.error("cannot read cache purges: %s", exc)
+
+    def _evict_disk(self) -> None:
+        """Keep the shared disk tier within disk_size: one worker at a time (a store lock), in a thread, since it
+        walks the directory tree."""
+        owner = f"worker-{os.getpid()}"
+        try:
+            if not self.store.acquire("cache-evict", owner, 60.0):
+                return
+        except StoreError as exc:
+            log.error("cannot take the cache eviction lock: %s", exc)
+            return
+        self.evicting = True
+
+        def evict() -> int:
+            try:
+                return self.cache.disk.evict()
+            finally:
+                with contextlib.suppress(StoreError):
+                    self.store.release("cache-evict", owner)
+
+        def done(future: asyncio.Future) -> None:
+            self.evicting = False
+            exc = future.exception()
+            if exc is not None:
+                log.error("cache: evicting from %s failed: %s", self.cache.disk.root, exc)
+            elif future.result():
+                log.info("cache: evicted %d objects from the disk tier (disk_size)", future.result())
+
+        self.loop.run_in_executor(None, evict).add_done_callback(done)
 
     def _follow_health(self, now: float) -> None:
         """Take the monitor's verdicts from shared memory (only when one changed)."""

@@ -11,7 +11,10 @@ import asyncio
 import ssl
 from dataclasses import dataclass, field
 
+from tlsedge.cache.generations import Generations
+from tlsedge.cache.runtime import CacheRuntime, SiteCacheRuntime
 from tlsedge.config.schema import PoolConfig, SiteConfig
+from tlsedge.edge.headers import HOP_BY_HOP
 from tlsedge.pipeline.routes import RouteTable
 from tlsedge.upstream.group import ServerPool
 from tlsedge.upstream.pool import OriginPool
@@ -29,12 +32,14 @@ class UpstreamSetup:
     health: SharedHealth | None = None
     health_slots: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (site, pool, server) -> slot
     sticky_key: bytes = b""
+    cache_generations: Generations | None = None  # shared invalidation counters (when a site caches)
 
 
 class SiteRuntime:
     """Per-worker runtime of one site: routes, origin pools and prepared response fragments."""
 
     __slots__ = (
+        "cache",
         "config",
         "default_host",
         "has_tls",
@@ -44,6 +49,7 @@ class SiteRuntime:
         "orders_acme",
         "pools",
         "redirect_http",
+        "response_skip",
         "routes",
         "servers",
     )
@@ -56,6 +62,9 @@ class SiteRuntime:
         self.orders_acme = managed is not None and managed.acme is not None
         self.redirect_http = config.redirect_http and self.has_tls
         self.max_body_size = config.max_body_size
+        self.cache: SiteCacheRuntime | None = None  # set by the worker when the site's cache is on
+        # Origin response fields never passed to clients: hop-by-hop ones, and the cache's targeted fields.
+        self.response_skip = HOP_BY_HOP
         # Host sent to the origin for a request that had none (HTTP/1.0): a real name, never a "*." pattern.
         exact = [h for h in config.hosts if not h.startswith("*.")]
         self.default_host = (exact[0] if exact else config.hosts[0][2:]).encode()
@@ -105,6 +114,11 @@ class SiteRuntime:
                 [server.key for server in servers],
             )
         return ServerPool(pool, servers, sticky)
+
+    def enable_cache(self, runtime: CacheRuntime) -> None:
+        """Turn the cache phase on for this site (RFC 9213: targeted fields never leave the edge)."""
+        self.cache = SiteCacheRuntime(self.name, self.config.cache, runtime)
+        self.response_skip = HOP_BY_HOP | frozenset(self.cache.targeted)
 
     def connection_pools(self) -> list[OriginPool]:
         """Every keep-alive pool of the site, once each."""
