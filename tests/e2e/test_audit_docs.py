@@ -200,7 +200,7 @@ def test_documented_acme_defaults_are_the_real_defaults(tmp_path):
 def test_documented_cache_defaults(section, tmp_path):
     """Every default the cache tables document, written into a file and loaded, is the default the code uses."""
     values = {}
-    for key, cells in SECTION_ROWS[section].items():
+    for key in SECTION_ROWS[section]:
         try:
             values[key] = _documented_default(section, key)
         except tomllib.TOMLDecodeError:
