@@ -182,3 +182,17 @@ def test_rfc9110_5_6_7_calendar_edges(value: bytes, expected: float) -> None:
 )
 def test_rfc9110_5_6_7_anything_else_is_not_a_date(value: bytes) -> None:
     assert parse_http_date(value) is None
+
+
+def test_repeated_values_give_the_same_answers_past_the_memo_limit() -> None:
+    instants = [1_600_000_000 + 7919 * i for i in range(2500)]
+    values = [format_http_date(instant) for instant in instants]
+    for _ in range(2):
+        for instant, value in zip(instants, values, strict=True):
+            assert parse_http_date(value) == instant
+            assert parse_http_date(b" " + value) == instant
+        assert parse_http_date(b"0") is None
+        assert parse_http_date(b"Sun, 31 Nov 1994 08:49:37 GMT") is None
+    long_value = b"Sun, 06 Nov 1994 08:49:37 GMT" + b" " * 100
+    assert parse_http_date(long_value) == EXAMPLE
+    assert parse_http_date(long_value) == EXAMPLE

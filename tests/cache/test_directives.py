@@ -444,3 +444,19 @@ def test_rfc9111_5_4_pragma_is_ignored_when_cache_control_is_present() -> None:
 def test_rfc9111_5_4_other_pragmas_mean_nothing() -> None:
     assert request_directives([(b"Pragma", b"x-foo")]) is NO_REQUEST_DIRECTIVES
     assert request_directives([(b"Pragma", b"")]) is NO_REQUEST_DIRECTIVES
+
+
+def test_results_are_shared_and_stay_right_past_the_memo_limit() -> None:
+    assert req(b"max-age=0") is req(b"max-age=0")
+    assert cc(b"public, max-age=3600") is cc(b"public, max-age=3600")
+    for _ in range(2):
+        for seconds in range(1500):
+            value = b"max-age=%d" % seconds
+            assert req(value).max_age == seconds
+            assert cc(value, b"public").max_age == seconds
+            directives, used = response_directives([(b"CDN-Cache-Control", value)], TARGETS)
+            assert (directives.max_age, directives.targeted, used) == (seconds, True, b"cdn-cache-control")
+    long_value = b"max-age=5," + b" " * 1000 + b"no-store"
+    assert req(long_value) == RequestDirectives(max_age=5, no_store=True)
+    assert cc(long_value) == ResponseDirectives(max_age=5, no_store=True)
+    assert cc(long_value) == ResponseDirectives(max_age=5, no_store=True)

@@ -372,6 +372,15 @@ def test_writer_commit_requires_the_announced_size_and_abort_is_idempotent(tmp_p
     assert tier.get("blog", b"/w", b"") is None
 
 
+def test_a_dropped_writer_removes_its_temp_file(tmp_path: Path) -> None:
+    tier = DiskTier(tmp_path, 1 << 30)
+    writer = tier.writer(entry(b"/dropped", 10))
+    writer.write(b"01234")
+    assert len(list((tmp_path / ".tmp").iterdir())) == 1
+    del writer
+    assert list((tmp_path / ".tmp").iterdir()) == []
+
+
 def test_writer_on_an_unusable_directory_fails_quietly(tmp_path: Path) -> None:
     tier = DiskTier(tmp_path, 1 << 30)
     (tmp_path / ".tmp").rmdir()

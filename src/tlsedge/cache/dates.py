@@ -24,6 +24,13 @@ _NUMBERS = {b"%02d" % number: number for number in range(100)} | {b"%d" % number
 
 _last_formatted: tuple[int, bytes] = (-1, b"")  # (second, IMF-fixdate bytes): one tuple so readers never see a mix
 
+# The same Last-Modified, Expires and If-Modified-Since values come back on every request for an object: results are
+# remembered by value (only short ones: a date is at most 33 bytes; not RFC 850 ones, the only ones with a "-", whose
+# two-digit year depends on the current year), and the memo is emptied when full.
+_MEMO_LIMIT = 1024
+_MEMO_VALUE_MAX = 40
+_parsed: dict[bytes, float | None] = {}
+
 
 def parse_http_date(value: bytes) -> float | None:
     """POSIX seconds (UTC) of an HTTP-date, or None when the value is not one.
@@ -34,6 +41,17 @@ def parse_http_date(value: bytes) -> float | None:
     the date, as most recipients do. Impossible dates (31 Apr, 29 Feb 2023, hour 24) are rejected: a cache must treat
     an invalid Expires as "already expired", not as some nearby instant.
     """
+    if value in _parsed:
+        return _parsed[value]
+    parsed = _parse(value)
+    if len(value) <= _MEMO_VALUE_MAX and b"-" not in value:
+        if len(_parsed) >= _MEMO_LIMIT:
+            _parsed.clear()
+        _parsed[value] = parsed
+    return parsed
+
+
+def _parse(value: bytes) -> float | None:
     parts = value.split()
     count = len(parts)
     if count == 6:

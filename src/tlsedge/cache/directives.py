@@ -64,6 +64,7 @@ _PRAGMA_NO_CACHE = RequestDirectives(no_cache=True)
 # build, so results are remembered by the exact field lines. The results are immutable, hence shareable; the memo is
 # emptied when full, so values that never repeat cost one parse each and no memory.
 _MEMO_LIMIT = 512
+_MEMO_VALUE_MAX = 256  # longer field values are parsed every time rather than kept
 _request_memo: dict[tuple[bytes, ...], RequestDirectives] = {}
 _response_memo: dict[tuple[bool, tuple[bytes, ...]], ResponseDirectives | None] = {}
 
@@ -103,7 +104,7 @@ def response_directives(
                     return directives, field
     if cache_control is None:
         return NO_RESPONSE_DIRECTIVES, None
-    return _remembered_response(cache_control, targeted=False) or NO_RESPONSE_DIRECTIVES, None
+    return _remembered_response(cache_control, targeted=False) or NO_RESPONSE_DIRECTIVES, None  # never None here
 
 
 def request_directives(headers: list[tuple[bytes, bytes]]) -> RequestDirectives:
@@ -135,9 +136,10 @@ def request_directives(headers: list[tuple[bytes, bytes]]) -> RequestDirectives:
     directives = _request_memo.get(key)
     if directives is None:
         directives = _request(_parse(cache_control, parameters=False))
-        if len(_request_memo) >= _MEMO_LIMIT:
-            _request_memo.clear()
-        _request_memo[key] = directives
+        if _memorable(cache_control):
+            if len(_request_memo) >= _MEMO_LIMIT:
+                _request_memo.clear()
+            _request_memo[key] = directives
     return directives
 
 
@@ -161,10 +163,15 @@ def _remembered_response(values: list[bytes], *, targeted: bool) -> ResponseDire
         pass
     members = _parse(values, parameters=targeted)
     directives = _response(members, targeted=targeted) if members or not targeted else None
-    if len(_response_memo) >= _MEMO_LIMIT:
-        _response_memo.clear()
-    _response_memo[key] = directives
+    if _memorable(values):
+        if len(_response_memo) >= _MEMO_LIMIT:
+            _response_memo.clear()
+        _response_memo[key] = directives
     return directives
+
+
+def _memorable(values: list[bytes]) -> bool:
+    return sum(len(value) for value in values) <= _MEMO_VALUE_MAX
 
 
 def _response(members: Members, *, targeted: bool) -> ResponseDirectives:

@@ -22,7 +22,8 @@ file (one ``futimens`` on the open descriptor), so a hit costs open, fstat, read
 the whole tree: run them from one process on a timer, not per request.
 
 Every OSError of a read path (``get``, ``vary_of``, ``purge``, ``claimed``) is a miss or a skip; writers record their
-error and make ``commit`` return False. Only the constructor raises (``DiskTierError``), when the root is unusable.
+error and make ``commit`` return False. Only the constructor raises (``DiskTierError``) when the root is unusable,
+and a method given an unsafe site name (``ValueError``; the configuration rules such names out).
 """
 
 from __future__ import annotations
@@ -237,7 +238,9 @@ class DiskTier:
             os.close(fd)
         os.replace(temp, vary_path)
         if old is None:
-            _unlink(f"{directory}/{h}-0")
+            zero = f"{directory}/{h}-0"  # the key's response did not vary before
+            if zero != path:
+                _unlink(zero)
         else:
             self._drop_variants(directory, h, keep=path)
 
@@ -287,6 +290,8 @@ class DiskTier:
             os.rename(self._site_dir(site), aside)
         except FileNotFoundError:
             return 0
+        except OSError:  # cannot rename (a mount point, say): delete object by object instead
+            return self.purge(lambda _: True, site)
         count = sum(1 for d in _subdirs(aside) for item in _listing(d) if _is_object(item.name))
         shutil.rmtree(aside, ignore_errors=True)
         return count
@@ -401,6 +406,9 @@ class DiskTier:
         fd = os.open(temp, _O_NEW, 0o600)
         try:
             _write_all(fd, token)
+        except OSError:
+            _unlink(temp)
+            raise
         finally:
             os.close(fd)
         os.replace(temp, lock)
@@ -528,6 +536,10 @@ class DiskWriter:
             with contextlib.suppress(OSError):
                 os.close(fd)
             _unlink(self._path)
+
+    def __del__(self) -> None:
+        """A writer dropped without commit or abort (an exception in the caller) gives back its descriptor and file."""
+        self.abort()
 
     def _fail(self, error: Exception) -> None:
         self.error = error

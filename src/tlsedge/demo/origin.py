@@ -130,7 +130,8 @@ class EchoProtocol(asyncio.Protocol):
             b"HTTP/1.1 %d %s\r\n" % (status, reason),
             b"Content-Type: %s\r\n" % ctype.encode(),
             b"Content-Length: %d\r\n" % len(body),
-            b"Cache-Control: no-store\r\n",
+            # /static/ may be cached by the edge for a minute (the demo blog has its cache on); the rest never.
+            _CACHEABLE if self.url.startswith(b"/static/") else _NOT_CACHEABLE,
             b"X-Demo-Origin: %s\r\n" % self.name.encode(),
             b"" if keep_alive else b"Connection: close\r\n",
             b"\r\n",
@@ -138,6 +139,10 @@ class EchoProtocol(asyncio.Protocol):
         self.transport.write(b"".join(head_lines) + (b"" if head else body))
         if not keep_alive:
             self.transport.close()
+
+
+_CACHEABLE = b"Cache-Control: public, max-age=60\r\n"
+_NOT_CACHEABLE = b"Cache-Control: no-store\r\n"
 
 
 def render_html(seen: dict[str, object]) -> str:

@@ -165,6 +165,9 @@ origin_tls = "flexible"
 redirect_http = true
 hsts = "max-age=31536000"
 
+[site.cache]
+enabled = true
+
 [[site]]
 name = "shop"
 hosts = ["shop.example"]
@@ -206,6 +209,12 @@ def curl_checks(files: DemoFiles, ports: DemoPorts) -> list[CurlCheck]:
     return [
         CurlCheck("blog.example: HTTPS at the edge, plain HTTP to its origin", https("blog.example"), 200, "blog"),
         CurlCheck("*.blog.example: the wildcard certificate and site", https("www.blog.example"), 200, "blog"),
+        CurlCheck(
+            "blog.example/static/: cached by the edge for 60 s (see the Cache-Status and Age headers with -i)",
+            https("blog.example", "/static/demo"),
+            200,
+            "blog",
+        ),
         CurlCheck(
             "shop.example: HTTPS at the edge and verified HTTPS to origin.shop.example",
             https("shop.example"),
