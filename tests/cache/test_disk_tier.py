@@ -216,6 +216,15 @@ def test_vary_file_lets_a_worker_that_never_saw_the_key_find_variants(tmp_path: 
     assert not object_path(tmp_path, "blog", b"/v").exists()
 
 
+def test_varying_response_stored_under_the_empty_variant_is_kept(tmp_path: Path) -> None:
+    """A request with none of the Vary fields may have the empty secondary key; the .vary file must still appear."""
+    tier = DiskTier(tmp_path, 1 << 30)
+    e = store(tier, b"/nv", 10, vary=(b"accept-language",))
+    assert tier.vary_of("blog", b"/nv") == (b"accept-language",)
+    got = tier.get("blog", b"/nv", b"")
+    assert got is not None and got[0] == e
+
+
 def test_damaged_file_is_a_miss_and_is_deleted(tmp_path: Path) -> None:
     tier = DiskTier(tmp_path, 1 << 30)
     store(tier, b"/d", 5000)
@@ -288,6 +297,9 @@ def test_delete_one_variant_or_all(tmp_path: Path) -> None:
     assert tier.delete("blog", b"/x") == 2
     assert tier.vary_of("blog", b"/x") is None
     assert tier.delete("blog", b"/never") == 0
+    store(tier, b"/plain", 10)
+    assert tier.delete("blog", b"/plain") == 1
+    assert tier.vary_of("blog", b"/plain") is None
 
 
 def test_purge_by_predicate_per_site_and_everywhere(tmp_path: Path) -> None:

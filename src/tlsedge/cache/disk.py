@@ -247,13 +247,17 @@ class DiskTier:
     # --- deleting ------------------------------------------------------------------------------------------------
 
     def delete(self, site: str, key: bytes, variant: bytes | None = None) -> int:
-        """Delete one variant, or (variant None) every variant and the .vary file; return how many objects went."""
+        """Delete one variant, or (variant None) every variant and the .vary file; return how many objects went.
+
+        Without a .vary file the key has only its plain object (other variants could not be found anyway), so the
+        common case (an unsafe method invalidating a URI) costs two unlinks and no directory listing.
+        """
         directory, h = self._key_dir(site, key)
         if variant is not None:
             return int(_unlink(f"{directory}/{h}-{variant_hash(variant)}"))
-        count = self._drop_variants(directory, h, keep=None)
-        _unlink(f"{directory}/{h}.vary")
-        return count
+        if _unlink(f"{directory}/{h}.vary"):
+            return self._drop_variants(directory, h, keep=None)
+        return int(_unlink(f"{directory}/{h}-0"))
 
     def purge(self, matches: Callable[[CacheEntry], bool], site: str | None = None) -> int:
         """Delete every object (of one site when given) whose metadata ``matches``; return how many.

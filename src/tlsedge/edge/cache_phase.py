@@ -52,6 +52,8 @@ _SAFE = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 _NOT_STORED = HOP_BY_HOP | {b"age", b"content-length", b"cdn-cache-control"}
 _NO_BODY = frozenset({204, 304})
 _UNCACHEABLE_MEMORY = 10.0  # seconds a key that answered uncacheable is forwarded as is (no collapsing, no strip)
+# Reasons that say the URL's responses cannot be stored whoever asks (not "authorization": that was this request).
+_URL_UNCACHEABLE = frozenset({"private", "no-store", "no-freshness", "vary-star", "set-cookie", "status"})
 
 
 class CacheRequest:
@@ -145,13 +147,10 @@ def begin(conn: ClientConnection, ex: Exchange) -> bool:
         state.fwd = b"request" if request.no_cache else b"stale"
     elif known:
         state.fwd = b"vary-miss"
-    if request.only_if_cached and entry is None:
-        state.detail = b"only-if-cached"
-        conn.cache_error(ex, 504, "only-if-cached and the response is not stored")
-        return True
     if request.only_if_cached:
-        # RFC 9111 5.2.1.7: answer from the cache or with 504, never from the origin.
-        serve(conn, ex, entry, body, _hit_status(site, entry, now), now)
+        # RFC 9111 5.2.1.7: a stored response the request accepts (handled above), else 504, never the origin.
+        state.detail = b"only-if-cached"
+        conn.cache_error(ex, 504, "only-if-cached and no stored response satisfies the request")
         return True
     if method == b"HEAD":
         return False  # forwarded as is: a HEAD response has no body to store
@@ -401,7 +400,7 @@ def response_head(
     if new is None:
         fill.uncacheable(reason)
         state.fill = None
-        if reason not in ("too-big",):
+        if reason in _URL_UNCACHEABLE:
             site.runtime.remember_uncacheable(state.key, now + _UNCACHEABLE_MEMORY)
         return cache_status(site.status_name, hit=False, fwd=state.fwd, fwd_status=status, detail=reason.encode())
     start_fill(site, fill, new, headers)
@@ -456,7 +455,7 @@ def decide(site: SiteCacheRuntime, state: CacheRequest, method: bytes, status: i
                            heuristic_max=config.heuristic_max, ttl_override=rule.ttl if rule is not None else None)
     etag, last_modified = validators(headers)
     if (facts.lifetime <= facts.initial_age and etag is None and last_modified is None
-            and not facts.stale_if_error and not config.always_online):
+            and not facts.stale_if_error and not facts.stale_while_revalidate and not config.always_online):
         return None, "stale-on-arrival"
     stored = _stored_fields(site, directives, headers)
     key = state.key
