@@ -222,11 +222,19 @@ class TricklingOrigin(ScriptedOrigin):
     def __init__(self, piece: int = 16384, interval: float = 0.01) -> None:
         super().__init__()
         self.piece, self.interval = piece, interval
+        deep_backlog(self)
 
     def _one(self, handler: socketserver.StreamRequestHandler) -> bool:
         if not isinstance(handler.wfile, _Trickle):
             handler.wfile = _Trickle(handler.wfile, self.piece, self.interval)
         return super()._one(handler)
+
+
+def deep_backlog(origin: ScriptedOrigin) -> ScriptedOrigin:
+    """Let the origin queue 512 connections (socketserver's default of 5 makes the edge's 6th concurrent connect
+    wait for a SYN retransmission, a second or more, when many requests go to the origin at once)."""
+    origin.server.socket.listen(512)
+    return origin
 
 
 def body_for(path: str, size: int) -> bytes:

@@ -8,6 +8,7 @@ test uses paths of its own, so tests never share a stored response. Time is cont
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -174,21 +175,39 @@ def test_rfc9111_3_5_authorized_request_does_not_stop_caching_for_others(port: i
 def test_rfc9110_15_1_404_cacheable_by_default_heuristic(port: int, origin: ScriptedOrigin) -> None:
     """RFC 9110 15.1: 404 is heuristically cacheable; RFC 9111 4.2.2: 10 % of the time since Last-Modified."""
     origin.answers["/store/404"] = Answer(404, [("Last-Modified", http_date(-1000))], b"not here")
-    first, second = fill_then_hit(port, "/store/404")
+    first, _ = fill_then_hit(port, "/store/404")
     assert 97 <= ttl(first) <= 100
     status, _, body = get(port, "/store/404")
     assert (status, body) == (404, b"not here")
     assert origin.count("/store/404") == 1
 
 
-def test_rfc9110_15_1_500_not_cacheable_by_default(port: int, origin: ScriptedOrigin) -> None:
-    """500 is not cacheable by default: Last-Modified gives it no heuristic freshness, so it is not stored."""
-    origin.answers["/store/500"] = Answer(500, [("Last-Modified", http_date(-1000))], b"oops")
+@pytest.mark.parametrize(("status", "stored"), [(301, True), (410, True), (302, False), (500, False)])
+def test_rfc9110_15_1_heuristic_only_for_statuses_cacheable_by_default(
+    port: int, origin: ScriptedOrigin, status: int, stored: bool
+) -> None:
+    """Last-Modified gives heuristic freshness to 301 and 410 (cacheable by default), not to 302 or 500."""
+    path = f"/store/heuristic-{status}"
+    origin.answers[path] = Answer(status, [("Last-Modified", http_date(-1000)), ("Location", "/elsewhere")], b"s")
     for _ in range(2):
-        status, headers, body = get(port, "/store/500")
-        assert (status, body) == (500, b"oops")
-        assert "stored" not in status_params(headers)
-    assert origin.count("/store/500") == 2
+        got, _, body = get(port, path)
+        assert (got, body) == (status, b"s")
+    assert origin.count(path) == (1 if stored else 2)
+
+
+def test_rfc9111_3_204_stored(port: int, origin: ScriptedOrigin) -> None:
+    origin.answers["/store/204"] = Answer(204, [("Cache-Control", "max-age=60")], b"")
+    fill_then_hit(port, "/store/204")
+    status, headers, body = get(port, "/store/204")
+    assert (status, body) == (204, b"") and "content-length" not in headers and "transfer-encoding" not in headers
+
+
+def test_rfc9111_5_2_2_3_must_understand_overrides_no_store(port: int, origin: ScriptedOrigin) -> None:
+    """must-understand with a status the cache understands: the no-store sent for older caches is ignored."""
+    origin.answers["/store/must-understand"] = Answer(
+        200, [("Cache-Control", "must-understand, no-store, max-age=60")], b"x"
+    )
+    fill_then_hit(port, "/store/must-understand")
 
 
 def test_issue5_set_cookie_bypass_by_default(port: int, origin: ScriptedOrigin) -> None:
@@ -318,9 +337,15 @@ def test_rfc9111_4_2_3_age_from_date_in_the_past(port: int, origin: ScriptedOrig
     assert 38 <= ttl(second) <= 40
 
 
-def test_rfc9111_5_1_age_grows_while_stored(port: int, origin: ScriptedOrigin) -> None:
-    import time
+def test_rfc9111_4_2_3_response_delay_counts_in_age(port: int, origin: ScriptedOrigin) -> None:
+    """corrected_age_value = Age + response_delay: an origin that took 1 s to answer with Age: 10 gives 11."""
+    origin.answers["/age/delay"] = Answer(200, [("Cache-Control", "max-age=60"), ("Age", "10")], b"x", delay=1.0)
+    first, second = fill_then_hit(port, "/age/delay")
+    assert ttl(first) <= 49
+    assert 11 <= int(second["age"]) <= 12
 
+
+def test_rfc9111_5_1_age_grows_while_stored(port: int, origin: ScriptedOrigin) -> None:
     origin.answers["/age/grows"] = Answer(200, [("Cache-Control", "max-age=60"), ("Age", "5")], b"x")
     _, second = fill_then_hit(port, "/age/grows")
     time.sleep(1.1)
@@ -428,18 +453,41 @@ def test_rfc9111_5_2_1_7_only_if_cached_hit_served(port: int, origin: ScriptedOr
     assert origin.count("/req/only-if-cached-hit") == 1
 
 
-def test_rfc9111_5_2_1_7_only_if_cached_never_serves_a_copy_that_must_be_revalidated(
-    port: int, origin: ScriptedOrigin
+@pytest.mark.parametrize("directive", ["max-age=60", "max-age=60, must-revalidate", "max-age=600, no-cache"])
+def test_rfc9111_5_2_1_7_only_if_cached_never_serves_a_copy_that_needs_validation(
+    port: int, origin: ScriptedOrigin, directive: str
 ) -> None:
-    """RFC 9111 4.2.4: a stale must-revalidate copy may not be served without validation, so only-if-cached gets
-    504 (5.2.1.7: 'a stored response consistent with the other constraints of the request', or 504)."""
-    origin.answers["/req/only-if-cached-stale"] = Answer(
-        200, [("Cache-Control", "max-age=60, must-revalidate"), ("Age", "80"), ("ETag", '"v1"')], b"old"
-    )
-    get(port, "/req/only-if-cached-stale")
-    status, _, _ = get(port, "/req/only-if-cached-stale", headers={"Cache-Control": "only-if-cached"})
+    """RFC 9111 4.2.4: a cache must not serve a stale copy (or a no-cache one) unless the client allows it, so
+    only-if-cached without max-stale gets 504 (5.2.1.7: 'a stored response consistent with the other constraints
+    of the request', or 504)."""
+    path = "/req/only-if-cached-" + directive.rpartition(" ")[2]
+    origin.answers[path] = Answer(200, [("Cache-Control", directive), ("Age", "80"), ("ETag", '"v1"')], b"old")
+    get(port, path)
+    status, _, _ = get(port, path, headers={"Cache-Control": "only-if-cached"})
     assert status == 504
-    assert origin.count("/req/only-if-cached-stale") == 1
+    assert origin.count(path) == 1
+
+
+def test_rfc9111_5_2_1_7_only_if_cached_with_max_stale_serves_stale(port: int, origin: ScriptedOrigin) -> None:
+    origin.answers["/req/only-if-cached-max-stale"] = Answer(
+        200, [("Cache-Control", "max-age=60"), ("Age", "80"), ("ETag", '"v1"')], b"old"
+    )
+    get(port, "/req/only-if-cached-max-stale")
+    status, headers, body = get(port, "/req/only-if-cached-max-stale",
+                                headers={"Cache-Control": "only-if-cached, max-stale=60"})
+    assert (status, body) == (200, b"old") and is_hit(headers)
+    assert origin.count("/req/only-if-cached-max-stale") == 1
+
+
+def test_rfc9111_5_2_1_5_request_no_store(port: int, origin: ScriptedOrigin) -> None:
+    """The response to a no-store request is not stored; a stored response may still answer one."""
+    origin.answers["/req/no-store"] = Answer(200, [("Cache-Control", "max-age=60")], b"x")
+    _, headers, _ = get(port, "/req/no-store", headers={"Cache-Control": "no-store"})
+    assert "stored" not in status_params(headers)
+    fill_then_hit(port, "/req/no-store")
+    _, headers, _ = get(port, "/req/no-store", headers={"Cache-Control": "no-store"})
+    assert is_hit(headers)
+    assert origin.count("/req/no-store") == 2
 
 
 # --- RFC 9111 section 5.2.2: response directives ----------------------------------------------------------------
@@ -558,6 +606,15 @@ def test_rfc9213_2_1_targeted_field_makes_expires_moot(port: int, origin: Script
     _, headers, _ = get(port, "/cdn/expires")
     assert not is_hit(headers)
     assert origin.count("/cdn/expires") == 2
+
+
+def test_rfc9213_2_1_empty_targeted_field_is_ignored(port: int, origin: ScriptedOrigin) -> None:
+    """A targeted field without a valid directive is ignored (Cache-Control applies), and still not passed on."""
+    origin.answers["/cdn/empty"] = Answer(
+        200, [("CDN-Cache-Control", ", ,"), ("Cache-Control", "max-age=60")], b"x"
+    )
+    first, second = fill_then_hit(port, "/cdn/empty")
+    assert "cdn-cache-control" not in first and "cdn-cache-control" not in second
 
 
 def test_rfc9213_custom_targeted_field(port: int, origin: ScriptedOrigin) -> None:

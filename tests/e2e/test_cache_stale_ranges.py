@@ -7,13 +7,14 @@ Responses are made old with the origin's ``Age`` header rather than by waiting: 
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 from cache_support import Answer, ScriptedOrigin, body_for, cache_status, cached_site, get, http_date
-from e2e_support import wait_for
+from e2e_support import Edge, wait_for
 
 
 @pytest.fixture
@@ -93,6 +94,22 @@ def test_rfc5861_3_stale_on_arrival_within_swr_is_served_while_revalidating(orig
     status, headers, body = get(edge.http_port, "/late")
     assert (status, body) == (200, b"late")
     assert cache_status(headers).get("detail") == "stale-while-revalidate", headers
+
+
+def test_rfc9111_4_3_3_full_response_to_a_revalidation_replaces_the_stale_copy(origin, make_edge) -> None:
+    """RFC 9111 section 4.3.3: when the origin answers the edge's conditional request with a full 200, that response
+    is used and (being storable) replaces the stale copy, so the following requests are hits on the new body."""
+    edge = make_edge([cached_site(origin)], https=[])
+    origin.answers["/re"] = _stale_answer(b"v1", "max-age=10", 20, ("ETag", '"1"'))
+    get(edge.http_port, "/re")
+    origin.answers["/re"] = Answer(200, [("Cache-Control", "max-age=60"), ("ETag", '"2"')], b"v2")
+    status, headers, body = get(edge.http_port, "/re")
+    assert (status, body) == (200, b"v2")
+    assert origin.last("/re").headers.get("if-none-match") == '"1"'
+    assert "stored" in cache_status(headers), headers
+    status, headers, body = get(edge.http_port, "/re")
+    assert (status, body) == (200, b"v2") and cache_status(headers).get("hit") is True, headers
+    assert origin.count("/re") == 2
 
 
 # --- stale-if-error and always online -----------------------------------------------------------------------------
@@ -191,16 +208,32 @@ FULL = body_for("/file", SIZE)
 LAST_MODIFIED = http_date(-86400)
 
 
-@pytest.fixture
-def ranged(origin, make_edge) -> int:
-    """An edge with /file (10,000 bytes, ETag "v1") stored; returns its port."""
-    edge = make_edge([cached_site(origin, rule=[{"path_prefix": "/live/", "bypass": True}])], https=[])
-    origin.answers["/file"] = Answer(200, [("Cache-Control", "max-age=600"), ("ETag", '"v1"'),
-                                           ("Last-Modified", LAST_MODIFIED),
-                                           ("Content-Type", "application/octet-stream")], FULL)
+@pytest.fixture(scope="module")
+def range_origin() -> Iterator[ScriptedOrigin]:
+    scripted = ScriptedOrigin()
+    yield scripted
+    scripted.close()
+
+
+@pytest.fixture(scope="module")
+def range_edge(tmp_path_factory, pki, range_origin) -> Iterator[Edge]:
+    """One edge for every range test (they only read): /file (10,000 bytes, ETag "v1") is stored once."""
+    edge = Edge(tmp_path_factory.mktemp("range-edge"),
+                [cached_site(range_origin, rule=[{"path_prefix": "/live/", "bypass": True}])], pki.ca_pem, https=[])
+    edge.start()
+    range_origin.answers["/file"] = Answer(200, [("Cache-Control", "max-age=600"), ("ETag", '"v1"'),
+                                                 ("Last-Modified", LAST_MODIFIED),
+                                                 ("Content-Type", "application/octet-stream")], FULL)
     status, _, body = get(edge.http_port, "/file")
     assert (status, body) == (200, FULL)
-    return edge.http_port
+    yield edge
+    edge.stop()
+
+
+@pytest.fixture
+def ranged(range_edge) -> int:
+    """The range edge's port."""
+    return range_edge.http_port
 
 
 @pytest.mark.parametrize(
@@ -208,7 +241,7 @@ def ranged(origin, make_edge) -> int:
     [("bytes=100-199", 100, 199), ("bytes=-500", SIZE - 500, SIZE - 1), ("bytes=9990-", 9990, SIZE - 1),
      ("bytes=9000-20000", 9000, SIZE - 1), ("bytes=0-0", 0, 0)],
 )
-def test_rfc9110_14_2_single_range_from_a_stored_response(ranged, origin, spec, start, end) -> None:
+def test_rfc9110_14_2_single_range_from_a_stored_response(ranged, range_origin, spec, start, end) -> None:
     """RFC 9110 sections 14.2 and 15.3.7: one range (bounded, suffix, open, clamped) is a 206 with Content-Range and
     exactly those bytes, from the cache."""
     status, headers, body = get(ranged, "/file", headers={"Range": spec})
@@ -217,7 +250,7 @@ def test_rfc9110_14_2_single_range_from_a_stored_response(ranged, origin, spec, 
     assert body == FULL[start:end + 1] and int(headers["content-length"]) == end + 1 - start
     assert headers["content-type"] == "application/octet-stream"
     assert cache_status(headers).get("hit") is True
-    assert origin.count("/file") == 1
+    assert range_origin.count("/file") == 1
 
 
 def _multipart(content_type: str, body: bytes) -> list[tuple[dict[str, str], bytes]]:
@@ -277,10 +310,8 @@ def test_rfc9110_15_5_17_unsatisfiable_range_416(ranged) -> None:
     assert body == b""
 
 
-def test_rfc9110_14_2_range_with_curl(ranged, origin) -> None:
+def test_rfc9110_14_2_range_with_curl(ranged, range_origin) -> None:
     """RFC 9110 section 14.2 with a real client: ``curl -r`` gets the 206 and exactly its bytes, from the cache."""
-    import subprocess
-
     proc = subprocess.run(
         ["curl", "-sS", "--http1.1", "-r", "1234-5677", "-H", "Host: cached.example", "-o", "-", "-w",
          "\n%{http_code}", f"http://127.0.0.1:{ranged}/file"],
@@ -289,21 +320,20 @@ def test_rfc9110_14_2_range_with_curl(ranged, origin) -> None:
     body, _, code = proc.stdout.rpartition(b"\n")
     assert proc.returncode == 0, proc.stderr
     assert code == b"206" and body == FULL[1234:5678]
-    assert origin.count("/file") == 1
+    assert range_origin.count("/file") == 1
 
 
-def test_rfc9110_14_2_range_on_a_miss_stores_the_whole_response(origin, make_edge) -> None:
+def test_rfc9110_14_2_range_on_a_miss_stores_the_whole_response(ranged, range_origin) -> None:
     """RFC 9110 section 14.2: a Range on a miss is answered correctly (206 with the slice, or the whole 200: a server
     may ignore Range) and the edge stores the complete response, so the next range is a hit."""
-    edge = make_edge([cached_site(origin)], https=[])
     full = body_for("/miss", 4000)
-    origin.answers["/miss"] = Answer(200, [("Cache-Control", "max-age=600")], full)
-    status, headers, body = get(edge.http_port, "/miss", headers={"Range": "bytes=100-199"})
+    range_origin.answers["/miss"] = Answer(200, [("Cache-Control", "max-age=600")], full)
+    status, headers, body = get(ranged, "/miss", headers={"Range": "bytes=100-199"})
     assert (status, body) in ((206, full[100:200]), (200, full)), headers
-    assert "range" not in origin.last("/miss").headers, "the edge fetches the whole response to store it"
-    status, headers, body = get(edge.http_port, "/miss", headers={"Range": "bytes=100-199"})
+    assert "range" not in range_origin.last("/miss").headers, "the edge fetches the whole response to store it"
+    status, headers, body = get(ranged, "/miss", headers={"Range": "bytes=100-199"})
     assert (status, body) == (206, full[100:200]) and cache_status(headers).get("hit") is True
-    assert origin.count("/miss") == 1
+    assert range_origin.count("/miss") == 1
 
 
 def _origin_206(seen) -> Answer:
@@ -319,18 +349,18 @@ def _origin_206(seen) -> Answer:
                   full[start:end + 1])
 
 
-def test_rfc9110_15_3_7_origin_206_passes_through_uncached(ranged, origin) -> None:
+def test_rfc9110_15_3_7_origin_206_passes_through_uncached(ranged, range_origin) -> None:
     """RFC 9110 section 15.3.7 and RFC 9111 section 3.4: on paths the edge does not store (a bypass rule, or a
     response that said no-store), the client's Range reaches the origin and its 206 comes back intact."""
-    origin.answers["/live/clip"] = _origin_206
+    range_origin.answers["/live/clip"] = _origin_206
     status, headers, body = get(ranged, "/live/clip", headers={"Range": "bytes=1000-1999"})
     assert status == 206, headers
     assert headers["content-range"] == "bytes 1000-1999/5000"
     assert body == body_for("/live/clip", 5000)[1000:2000]
-    assert origin.last("/live/clip").headers.get("range") == "bytes=1000-1999"
+    assert range_origin.last("/live/clip").headers.get("range") == "bytes=1000-1999"
     assert cache_status(headers).get("fwd") == "bypass"
 
-    origin.answers["/nostore"] = _origin_206
+    range_origin.answers["/nostore"] = _origin_206
     first = get(ranged, "/nostore", headers={"Range": "bytes=0-99"})
     assert (first[0], first[2]) in ((206, body_for("/nostore", 5000)[:100]), (200, body_for("/nostore", 5000)))
     status, headers, body = get(ranged, "/nostore", headers={"Range": "bytes=4000-4999"})

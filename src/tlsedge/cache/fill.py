@@ -38,6 +38,7 @@ class Fill:
         "chunks",
         "entry",
         "expected",
+        "generation",
         "joined",
         "key",
         "limit",
@@ -55,6 +56,7 @@ class Fill:
         self.key = key
         self.limit = limit
         self.started = started  # wall clock: a purge issued after this instant means the result must not be kept
+        self.generation = 0  # the key's invalidation generation when the fetch started (see cache/generations.py)
         self.state = PENDING
         self.entry: CacheEntry | None = None
         self.expected: int | None = None  # Content-Length of the response, when it has one

@@ -115,6 +115,8 @@ class CacheRuntime:
 
     def begin_fill(self, key: bytes, limit: int) -> Fill:
         fill = Fill(self, key, limit, time.time())
+        if self.generations is not None:
+            fill.generation = self.generations.current(key)
         self.fills[key] = fill
         return fill
 
@@ -131,7 +133,9 @@ class CacheRuntime:
         if self.fills.get(fill.key) is fill:
             del self.fills[fill.key]
         entry = fill.entry
-        if self._purged_since(fill.started, entry):
+        invalidated = self.generations is not None and self.generations.current(fill.key) != fill.generation
+        if invalidated or self._purged_since(fill.started, entry):
+            # RFC 9111 4.4 / purge: what was fetched before an invalidation of the key must not be kept.
             if fill.writer is not None:
                 fill.writer.abort()
                 fill.writer = None
@@ -171,7 +175,7 @@ class CacheRuntime:
         """RFC 9111 section 4.4: every stored variant of the key goes, in this worker and (by generation) in all."""
         if self.generations is not None:
             self.generations.bump(key)
-        names = self.vary_of.get(key)
+        names = self.vary_of.pop(key, None)
         if names is not None and not names:
             self.memory.delete(key + _VARIANT)
         elif names:

@@ -56,6 +56,8 @@ class AccessLog:
         }
         if ex.route is not None and ex.route.name != "default":
             record["route"] = ex.route.name
+        if ex.cache is not None:
+            record["cache"] = ex.cache.log_value()
         if ex.error:
             record["error"] = ex.error
         self._lines.append(json.dumps(record, separators=(",", ":")))

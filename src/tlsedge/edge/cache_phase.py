@@ -14,6 +14,7 @@ import time
 from time import monotonic
 from typing import TYPE_CHECKING
 
+from tlsedge.cache.dates import format_http_date
 from tlsedge.cache.directives import (
     NO_REQUEST_DIRECTIVES,
     RequestDirectives,
@@ -53,7 +54,8 @@ _NOT_STORED = HOP_BY_HOP | {b"age", b"content-length", b"cdn-cache-control"}
 _NO_BODY = frozenset({204, 304})
 _UNCACHEABLE_MEMORY = 10.0  # seconds a key that answered uncacheable is forwarded as is (no collapsing, no strip)
 # Reasons that say the URL's responses cannot be stored whoever asks (not "authorization": that was this request).
-_URL_UNCACHEABLE = frozenset({"private", "no-store", "no-freshness", "vary-star", "set-cookie", "status"})
+# Nor a status or missing freshness: a URL failing with 5xx must still be cached (and collapsed) once it recovers.
+_URL_UNCACHEABLE = frozenset({"private", "no-store", "vary-star", "set-cookie"})
 
 
 class CacheRequest:
@@ -67,10 +69,12 @@ class CacheRequest:
         "fill",
         "fwd",
         "key",
+        "own_fields",
         "request",
         "revalidated",
         "revalidating",
         "rule",
+        "served",
         "site",
         "stored",
         "timer",
@@ -90,11 +94,31 @@ class CacheRequest:
         self.detail: bytes | None = None
         self.revalidating = False
         self.revalidated = False  # the origin answered our revalidation with 304
+        self.own_fields = b""  # fields for this client only (a 304's Set-Cookie)
+        self.served = False  # the response came from the cache
         self.collapsed = False
         self.stored = False
         self.timer = None
         self.wants_range = False  # the client sent Range: a collapsed follower waits for the whole body
         self.wants_validation = False  # the client sent If-None-Match / If-Modified-Since
+
+
+    def log_value(self) -> str:
+        """The cache's part of the access log line: hit, or why the request was forwarded."""
+        if self.served:
+            return "hit" if self.fwd == b"uri-miss" or self.entry is None else f"{self.fwd.decode()}-served"
+        value = self.fwd.decode()
+        if self.collapsed:
+            value += ",collapsed"
+        if self.stored:
+            value += ",stored"
+        return value
+
+    def error_field(self) -> bytes:
+        """Cache-Status of an error page the edge sends itself."""
+        if self.detail == b"only-if-cached":
+            return cache_status(self.site.status_name, hit=False, detail=self.detail)
+        return cache_status(self.site.status_name, hit=False, fwd=self.fwd, detail=self.detail)
 
 
 # --- request start ------------------------------------------------------------------------------------------------
@@ -162,11 +186,12 @@ def begin(conn: ClientConnection, ex: Exchange) -> bool:
         del runtime.uncacheable[key]
     if request.no_store:
         return False
-    if entry is None:
-        fill = runtime.fills.get(key)
-        if fill is not None and fill.state in (PENDING, STREAMING):
-            _follow(conn, ex, state, fill)
-            return True
+    fill = runtime.fills.get(key)
+    if entry is None and fill is not None and fill.state in (PENDING, STREAMING):
+        _follow(conn, ex, state, fill)
+        return True
+    if fill is None:
+        # Also when a stale copy is revalidated: a full response instead of a 304 replaces it (RFC 9111 4.3.3).
         state.fill = runtime.begin_fill(key, site.config.max_object_size)
     if state.wants_range or state.wants_validation or entry is not None:
         lines = b""
@@ -201,13 +226,14 @@ def _hit_status(site: SiteCacheRuntime, entry: CacheEntry, now: float, detail: b
 
 
 def serve(conn: ClientConnection, ex: Exchange, entry: CacheEntry, body: bytes, status_field: bytes,
-          now: float) -> None:
+          now: float, own_fields: bytes = b"") -> None:
     """Answer from a stored response: 304 to a matching conditional, 206/416 to a range, else the whole of it."""
     head_only = ex.method == b"HEAD"
     block = entry.block
     if not block:
         block = entry.block = b"".join([b"%s: %s\r\n" % field for field in entry.headers])
-    tail = _tail(conn, ex, status_field, b"Age: %d\r\n" % int(entry.age(now)))
+    tail = _tail(conn, ex, status_field, b"Age: %d\r\n" % int(entry.age(now)) + own_fields)
+    ex.cache.served = True
     pieces: list[bytes | memoryview]
     if (ex.cache.wants_validation and entry.status == 200) and not_modified(ex.headers, ex.method, entry):
         ex.status = 304
@@ -387,7 +413,7 @@ def response_head(
     entry = state.entry
     if entry is not None:
         if status == 304 and state.revalidating:
-            _refreshed(site, entry, state.body, headers, _sent_at(ex, now), now, state.rule)
+            state.own_fields = _refreshed(site, entry, state.body, headers, _sent_at(ex, now), now, state.rule)
             return None
         if status >= 500 and usable_on_error(entry, state.request, now,
                                              always_online_max=_always_online(site)):
@@ -458,6 +484,8 @@ def decide(site: SiteCacheRuntime, state: CacheRequest, method: bytes, status: i
             and not facts.stale_if_error and not facts.stale_while_revalidate and not config.always_online):
         return None, "stale-on-arrival"
     stored = _stored_fields(site, directives, headers)
+    if not any(name.lower() == b"date" for name, _ in stored):
+        stored.append((b"Date", format_http_date(response_time)))  # RFC 9110 6.6.1
     key = state.key
     entry = CacheEntry(
         key=key,
@@ -497,12 +525,15 @@ def _stored_fields(site: SiteCacheRuntime, directives: ResponseDirectives,
 
 
 def _refreshed(site: SiteCacheRuntime, entry: CacheEntry, body: bytes, headers: list[tuple[bytes, bytes]],
-               request_time: float, now: float, rule: CacheRule | None) -> None:
-    """A 304 to the edge's revalidation: the stored copy gets the new header fields and freshness."""
-    if site.config.set_cookie == "bypass" and any(name.lower() == b"set-cookie" for name, _ in headers):
-        # A cookie for the client whose request revalidated the copy must never reach everyone else: keep the old
-        # fields (the copy is used until it is stale again, then revalidated once more).
+               request_time: float, now: float, rule: CacheRule | None) -> bytes:
+    """A 304 to the edge's revalidation: the stored copy gets the new header fields and freshness. Returns the 304's
+    Set-Cookie lines, meant for the client whose request revalidated and never stored."""
+    if any(name.lower() == b"set-cookie" for name, _ in headers):
+        # A cookie for the client whose request revalidated the copy: that client gets it, nobody else.
+        own = b"".join([b"%s: %s\r\n" % field for field in headers if field[0].lower() == b"set-cookie"])
         headers = [(name, value) for name, value in headers if name.lower() != b"set-cookie"]
+    else:
+        own = b""
     merged = merge_not_modified(entry.headers, headers)
     directives, _ = response_directives(merged, site.targeted)
     # The 304's own Age (never stored) still counts for the copy's age (RFC 9111 section 4.2.3).
@@ -517,7 +548,14 @@ def _refreshed(site: SiteCacheRuntime, entry: CacheEntry, body: bytes, headers: 
     entry.no_cache, entry.must_revalidate = facts.no_cache, facts.must_revalidate
     entry.etag, entry.last_modified = etag or entry.etag, last_modified or entry.last_modified
     entry.block = b""
-    site.runtime.updated(entry, body)
+    reason = storable(b"GET", entry.status, directives, merged, request_has_authorization=False,
+                      request_no_store=False)
+    if reason is not None:
+        # RFC 9111 4.3.4 with section 3: the new fields forbid keeping the copy; it still answers this request.
+        site.runtime.invalidate(site.site, entry.key)
+    else:
+        site.runtime.updated(entry, body)
+    return own
 
 
 def answer_revalidated(conn: ClientConnection, ex: Exchange) -> None:
@@ -527,7 +565,7 @@ def answer_revalidated(conn: ClientConnection, ex: Exchange) -> None:
     now = time.time()
     status = cache_status(state.site.status_name, hit=False, fwd=state.fwd, fwd_status=304, stored=True,
                           ttl=int(entry.lifetime - entry.age(now)))
-    serve(conn, ex, entry, state.body, status, now)
+    serve(conn, ex, entry, state.body, status, now, state.own_fields)
 
 
 def serve_stale_on_error(conn: ClientConnection, ex: Exchange, status: int) -> bool:

@@ -11,12 +11,13 @@ import asyncio
 import logging
 import ssl
 from collections import deque
-from time import monotonic
+from time import monotonic, time
 from typing import TYPE_CHECKING
 
 import httptools
 
 from tlsedge.acme.answers import HTTP01_PREFIX, http01_answer
+from tlsedge.cache.dates import format_http_date
 from tlsedge.cache.fill import DONE
 from tlsedge.edge import cache_phase
 from tlsedge.edge.errors import NO_ORIGIN_TEXT, REDIRECT_LOOP_TEXT, error_response, redirect_response, text_response
@@ -803,7 +804,7 @@ class ClientConnection(asyncio.Protocol):
         fields: list[bytes] = []
         append = fields.append
         conn_tokens: set[bytes] | None = None
-        has_length = chunked = False
+        has_length = chunked = has_date = False
         skip = ex.site.response_skip
         for name, value in headers:
             lname = name.lower()
@@ -817,6 +818,8 @@ class ClientConnection(asyncio.Protocol):
                 continue
             if lname == b"content-length":
                 has_length = True
+            elif lname == b"date":
+                has_date = True
             append(name)
             append(b": ")
             append(value)
@@ -827,6 +830,8 @@ class ClientConnection(asyncio.Protocol):
         if route.has_response_edits:
             fields = apply_edits(fields, route.response_drop, route.response_lines)
         tail: list[bytes] = [cache_field] if cache_field else []
+        if not has_date:  # RFC 9110 6.6.1: a proxy adds the Date an origin without a clock left out
+            tail.append(b"Date: %s\r\n" % format_http_date(time()))
         if ex.set_cookie:
             tail.append(ex.set_cookie)
         if self.tls and ex.site.https_response_head:
@@ -1007,8 +1012,10 @@ class ClientConnection(asyncio.Protocol):
     def _answer(self, ex: Exchange, status: int, reason: str, *, close: bool, extra: bytes = b"",
                 logged: bool = False, text: str | None = None) -> None:
         """Answer with an error page of our own; server-side failures also go to the error log."""
-        if status >= 500 and ex.cache is not None and cache_phase.serve_stale_on_error(self, ex, status):
-            return
+        if ex.cache is not None:
+            if status >= 500 and cache_phase.serve_stale_on_error(self, ex, status):
+                return
+            extra += ex.cache.error_field()
         ex.status = status
         ex.error = reason
         if status >= 500 and not logged:

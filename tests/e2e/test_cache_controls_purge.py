@@ -1,0 +1,305 @@
+"""The operator's side of the cache (issue 5): per-site controls (path rules, key options, ignored query parameters,
+object size limit, cache off), `tlsedge purge` reaching the disk tier and every worker, and the disk tier shared by
+the workers of one edge. One edge serves the control tests (one site per control); each purge test has its own
+edge with two workers.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cache_support import Answer, ScriptedOrigin, body_for, cache_status, cached_site, get
+from e2e_support import Edge, wait_for
+
+from tlsedge.control.status import live_worker_pids
+
+Result = tuple[int, dict[str, str], bytes]
+
+
+@pytest.fixture(scope="module")
+def origin() -> Iterator[ScriptedOrigin]:
+    scripted = ScriptedOrigin()
+    yield scripted
+    scripted.close()
+
+
+def _everything_cacheable(origin: ScriptedOrigin, *paths: str) -> None:
+    """Each path answers max-age=60 with a body naming the full target (so a shared entry shows in the body)."""
+    for path in paths:
+        origin.answers[path] = lambda seen: Answer(200, [("Cache-Control", "max-age=60")], seen.target.encode())
+
+
+@pytest.fixture(scope="module")
+def controls(tmp_path_factory, pki, origin) -> Iterator[Edge]:
+    sites = [
+        cached_site(origin, "rules", key_cookies=["session"], rule=[
+            {"path_prefix": "/nocache/", "bypass": True},
+            {"path_prefix": "/ttl/", "ttl": "300s"},
+            {"path_prefix": "/static/", "ignore_query": True},
+            {"path_prefix": "/shared/", "ignore_cookies": True},
+        ]),
+        cached_site(origin, "keys", key_headers=["X-Device"], key_cookies=["lang"]),
+        cached_site(origin, "params", ignore_query_params=["utm_source", "fbclid"]),
+        cached_site(origin, "small", max_object_size="64KiB"),
+        {**cached_site(origin, "off"), "cache": {"enabled": False}},
+    ]
+    edge = Edge(tmp_path_factory.mktemp("controls-edge"), sites, pki.ca_pem, https=[])
+    edge.start()
+    yield edge
+    edge.stop()
+
+
+def _twice(port: int, path: str, host: str, first: dict[str, str] | None = None,
+           second: dict[str, str] | None = None) -> tuple[Result, Result]:
+    return get(port, path, host, headers=first), get(port, path, host, headers=second)
+
+
+def test_issue5_rule_bypass(controls, origin) -> None:
+    """Issue 5 "rules by path (bypass)": a bypassed path is neither served from nor stored in the cache, however
+    cacheable the origin says it is (Cache-Status fwd=bypass)."""
+    _everything_cacheable(origin, "/nocache/page")
+    first, second = _twice(controls.http_port, "/nocache/page", "rules.example")
+    assert origin.count("/nocache/page") == 2
+    for status, headers, _ in (first, second):
+        assert status == 200 and cache_status(headers).get("fwd") == "bypass", headers
+        assert "stored" not in cache_status(headers)
+
+
+def test_issue5_rule_ttl_overrides_the_origin(controls, origin) -> None:
+    """Issue 5 "override TTL": the rule's ttl replaces the origin's max-age (even a stale-on-arrival one), but not
+    private or no-store, which still keep the response out of the cache."""
+    origin.answers["/ttl/a"] = Answer(200, [("Cache-Control", "max-age=5")], b"ttl a")
+    origin.answers["/ttl/old"] = Answer(200, [("Cache-Control", "max-age=5"), ("Age", "100")], b"old")
+    origin.answers["/ttl/private"] = Answer(200, [("Cache-Control", "private, max-age=600")], b"mine")
+    origin.answers["/ttl/nostore"] = Answer(200, [("Cache-Control", "no-store")], b"nope")
+    _, headers, _ = get(controls.http_port, "/ttl/a", "rules.example")
+    assert 290 <= int(str(cache_status(headers)["ttl"])) <= 300, headers
+    _, headers, body = get(controls.http_port, "/ttl/a", "rules.example")
+    assert body == b"ttl a" and cache_status(headers).get("hit") is True
+    get(controls.http_port, "/ttl/old", "rules.example")
+    _, headers, body = get(controls.http_port, "/ttl/old", "rules.example")
+    assert body == b"old" and cache_status(headers).get("hit") is True, headers
+    assert int(headers["age"]) >= 100
+    for path in ("/ttl/private", "/ttl/nostore"):
+        _twice(controls.http_port, path, "rules.example")
+        assert origin.count(path) == 2, f"{path} was stored despite the origin"
+
+
+def test_issue5_rule_ignore_query(controls, origin) -> None:
+    """Issue 5 "ignore query parameters for the key": on an ignore_query path every query shares one entry."""
+    _everything_cacheable(origin, "/static/app.css")
+    port = controls.http_port
+    first = get(port, "/static/app.css?v=1", "rules.example")
+    second = get(port, "/static/app.css?v=2&x=y", "rules.example")
+    assert first[2] == second[2] == b"/static/app.css?v=1"
+    assert cache_status(second[1]).get("hit") is True
+    assert origin.count("/static/app.css") == 1
+
+
+def test_issue5_key_cookies_and_rule_ignore_cookies(controls, origin) -> None:
+    """Issue 5 "include a cookie in the key", "ignore cookies" rule: the session cookie splits entries on the site's
+    paths (other cookies do not), and a rule with ignore_cookies shares one entry whatever the cookies."""
+    _everything_cacheable(origin, "/account", "/shared/logo")
+    port = controls.http_port
+    for session in ("alice", "bob", "alice"):
+        get(port, "/account", "rules.example", headers={"Cookie": f"theme=dark; session={session}"})
+    _, headers, _ = get(port, "/account", "rules.example", headers={"Cookie": "session=bob; theme=light"})
+    assert cache_status(headers).get("hit") is True
+    assert origin.count("/account") == 2, "one entry per session value; the theme cookie is not in the key"
+    for session in ("alice", "bob"):
+        _, headers, _ = get(port, "/shared/logo", "rules.example", headers={"Cookie": f"session={session}"})
+    assert cache_status(headers).get("hit") is True and origin.count("/shared/logo") == 1
+
+
+def test_issue5_key_headers_make_separate_entries(controls, origin) -> None:
+    """Issue 5 "include a header in the key": each X-Device value is an entry of its own; the same value hits."""
+    _everything_cacheable(origin, "/home")
+    port = controls.http_port
+    for device in ("mobile", "desktop", "mobile", "desktop"):
+        _, headers, _ = get(port, "/home", "keys.example", headers={"X-Device": device})
+    assert cache_status(headers).get("hit") is True
+    _, headers, _ = get(port, "/home", "keys.example")
+    assert cache_status(headers).get("fwd") == "uri-miss", "no X-Device is a third key"
+    _, headers, _ = get(port, "/home", "keys.example", headers={"X-Device": "mobile", "Cookie": "lang=fr"})
+    assert cache_status(headers).get("fwd") == "uri-miss", "the lang cookie is part of this site's key"
+    assert origin.count("/home") == 4
+
+
+def test_issue5_ignore_query_params(controls, origin) -> None:
+    """Issue 5 "ignore query parameters": utm_source and fbclid are left out of the key, other parameters stay."""
+    _everything_cacheable(origin, "/article")
+    port = controls.http_port
+    first = get(port, "/article?id=7&utm_source=news", "params.example")
+    assert first[2] == b"/article?id=7&utm_source=news"
+    for target in ("/article?id=7", "/article?utm_source=mail&id=7&fbclid=xyz"):
+        _, headers, body = get(port, target, "params.example")
+        assert body == first[2] and cache_status(headers).get("hit") is True, (target, headers)
+    _, headers, body = get(port, "/article?id=8&utm_source=news", "params.example")
+    assert body == b"/article?id=8&utm_source=news" and cache_status(headers).get("fwd") == "uri-miss"
+    assert origin.count("/article") == 2
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_issue5_max_object_size(controls, origin, chunked) -> None:
+    """Issue 5 "objects over the limit pass through uncached": a 100 KiB response on a site limited to 64 KiB reaches
+    the client whole, with or without Content-Length, and is not stored; a 10 KiB one is."""
+    big, small = f"/big-{chunked}", f"/small-{chunked}"
+    origin.answers[big] = Answer(200, [("Cache-Control", "max-age=60")], body_for(big, 100 * 1024), chunked=chunked)
+    origin.answers[small] = Answer(200, [("Cache-Control", "max-age=60")], body_for(small, 10 * 1024),
+                                   chunked=chunked)
+    for _ in range(2):
+        status, headers, body = get(controls.http_port, big, "small.example")
+        assert status == 200 and body == body_for(big, 100 * 1024), (headers, len(body))
+        assert "hit" not in cache_status(headers), headers
+        if not chunked:  # known too big from the head; a chunked one only once 64 KiB went through
+            assert cache_status(headers).get("detail") == "too-big", headers
+    assert origin.count(big) == 2
+    _twice(controls.http_port, small, "small.example")
+    status, headers, body = get(controls.http_port, small, "small.example")
+    assert body == body_for(small, 10 * 1024) and cache_status(headers).get("hit") is True
+    assert origin.count(small) == 1
+
+
+def test_issue5_cache_off_for_a_site(controls, origin) -> None:
+    """Issue 5 "cache on/off": with ``enabled = false`` nothing is stored or served from the cache, and responses
+    carry no Cache-Status."""
+    _everything_cacheable(origin, "/uncached")
+    first, second = _twice(controls.http_port, "/uncached", "off.example")
+    assert first[0] == second[0] == 200
+    assert "cache-status" not in first[1] and "cache-status" not in second[1]
+    assert origin.count("/uncached") == 2
+
+
+# --- purge -----------------------------------------------------------------------------------------------------
+
+
+PATHS = ("/a", "/b", "/blog/1", "/blog/2", "/t1", "/t2", "/t3")
+
+
+@pytest.fixture
+def purge_origin() -> Iterator[ScriptedOrigin]:
+    scripted = ScriptedOrigin()
+    tags = {"/t1": "a, b", "/t2": "B", "/t3": "c"}
+
+    def answer(seen) -> Answer:
+        path = seen.target.split("?")[0]
+        extra = [("Cache-Tag", tags[path])] if path in tags else []
+        return Answer(200, [("Cache-Control", "max-age=600"), *extra], seen.target.encode())
+
+    for path in PATHS:
+        scripted.answers[path] = answer
+    yield scripted
+    scripted.close()
+
+
+@pytest.fixture
+def two_workers(make_edge, purge_origin) -> Edge:
+    """An edge with two workers and two cached sites; every PATHS entry filled once on each site."""
+    edge = make_edge([cached_site(purge_origin), cached_site(purge_origin, "other")], https=[], workers=2)
+    state = Path(edge.server["state_dir"])
+    wait_for(lambda: live_worker_pids(state) == sorted(edge.worker_pids()), 10, what="both workers' status files")
+    for host in ("cached.example", "other.example"):
+        for path in PATHS:
+            status, headers, _ = get(edge.http_port, path, host)
+            assert status == 200 and "stored" in cache_status(headers), headers
+    return edge
+
+
+def _purge(edge: Edge, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tlsedge", "purge", *args, "-c", str(edge.config_path)],
+                          capture_output=True, text=True, timeout=30)
+
+
+def _report(edge: Edge, proc: subprocess.CompletedProcess[str]) -> tuple[int, int]:
+    """(disk count, total of the workers' memory counts) from the CLI output, checking it names every worker."""
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    disk = re.search(r"^disk \(.*\): (\d+) removed$", proc.stdout, re.M)
+    assert disk, proc.stdout
+    memory = {int(pid): int(count) for pid, count in re.findall(r"^worker (\d+): (\d+) removed from memory$",
+                                                                  proc.stdout, re.M)}
+    assert sorted(memory) == sorted(edge.worker_pids()), proc.stdout
+    return int(disk[1]), sum(memory.values())
+
+
+def _hits(edge: Edge, host: str = "cached.example") -> dict[str, bool]:
+    """Which PATHS are hits now (a miss refills the entry)."""
+    return {path: cache_status(get(edge.http_port, path, host)[1]).get("hit") is True for path in PATHS}
+
+
+def test_issue5_purge_by_url(two_workers, purge_origin) -> None:
+    """Issue 5 "purge by URL": the URL's entry leaves the disk tier and the memory of the worker that held it (the
+    CLI names both workers with their counts); the next request for it is a miss, other entries stay hits."""
+    assert _report(two_workers, _purge(two_workers, "url", "http://CACHED.example/a")) == (1, 1)
+    hits = _hits(two_workers)
+    assert hits == {**dict.fromkeys(PATHS, True), "/a": False}
+    assert purge_origin.count("/a") == 3  # filled once per site, then the miss after the purge
+
+
+def test_issue5_purge_by_prefix(two_workers) -> None:
+    """Issue 5 "purge by prefix": every URL under the prefix goes, of that site only."""
+    assert _report(two_workers, _purge(two_workers, "prefix", "http://cached.example/blog/")) == (2, 2)
+    assert _hits(two_workers) == {**dict.fromkeys(PATHS, True), "/blog/1": False, "/blog/2": False}
+    assert all(_hits(two_workers, "other.example").values())
+
+
+def test_issue5_purge_by_tag(two_workers) -> None:
+    """Issue 5 "purge by tag (origin sends Cache-Tag)": objects whose Cache-Tag lists the tag go (tags compare
+    case-insensitively, each site's copy included); ``--site`` limits a tag purge to one site."""
+    assert _report(two_workers, _purge(two_workers, "tag", "b", "--site", "cached")) == (2, 2)
+    assert _hits(two_workers) == {**dict.fromkeys(PATHS, True), "/t1": False, "/t2": False}
+    assert all(_hits(two_workers, "other.example").values())
+    disk, memory = _report(two_workers, _purge(two_workers, "tag", "C"))
+    assert disk == 2 and 2 <= memory <= 4, "hits since may have copied an object into the other worker's memory"
+    assert not _hits(two_workers)["/t3"] and not _hits(two_workers, "other.example")["/t3"]
+
+
+def test_issue5_purge_site_and_all(two_workers) -> None:
+    """Issue 5 "purge by site, everything": a site purge empties that site only; ``all`` empties every site."""
+    assert _report(two_workers, _purge(two_workers, "site", "cached")) == (len(PATHS), len(PATHS))
+    assert not any(_hits(two_workers).values())  # refills every entry of the site
+    assert all(_hits(two_workers, "other.example").values())
+    disk, memory = _report(two_workers, _purge(two_workers, "all"))
+    assert disk == 2 * len(PATHS) and 2 * len(PATHS) <= memory <= 4 * len(PATHS)
+    assert not any(_hits(two_workers).values()) and not any(_hits(two_workers, "other.example").values())
+
+
+def test_issue5_purge_errors_are_clear(two_workers) -> None:
+    """Issue 5 purge from the CLI: an unknown site, or a URL that is not http(s), is refused with a message naming
+    it (and the cached sites), exit status 1, no traceback, and nothing purged."""
+    for args, named in ((("site", "nosuch"), "nosuch"), (("url", "http://cached.example/a", "--site", "nosuch"),
+                                                          "nosuch"), (("url", "ftp://cached.example/a"), "ftp://")):
+        proc = _purge(two_workers, *args)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert named in proc.stderr and "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    assert "cached, other" in _purge(two_workers, "site", "nosuch").stderr
+    assert all(_hits(two_workers).values())
+
+
+# --- sharing --------------------------------------------------------------------------------------------------
+
+
+def test_issue5_workers_share_the_disk_tier(make_edge) -> None:
+    """Issue 5 "workers share the disk tier": with two workers, an object one worker filled is a hit for requests
+    the other serves: over 20 fresh connections the origin is asked once, and afterwards both workers hold it in
+    memory (each one's purge count is 1)."""
+    origin = ScriptedOrigin()
+    try:
+        edge = make_edge([cached_site(origin)], https=[], workers=2)
+        state = Path(edge.server["state_dir"])
+        wait_for(lambda: live_worker_pids(state) == sorted(edge.worker_pids()), 10, what="both workers' status")
+        body = body_for("/shared", 20_000)
+        origin.answers["/shared"] = Answer(200, [("Cache-Control", "max-age=600")], body)
+        assert get(edge.http_port, "/shared")[2] == body
+        for _ in range(20):
+            _, headers, got = get(edge.http_port, "/shared")
+            assert got == body and cache_status(headers).get("hit") is True, headers
+        assert origin.count("/shared") == 1
+        proc = _purge(edge, "url", "http://cached.example/shared")
+        assert re.findall(r"^worker \d+: (\d+) removed from memory$", proc.stdout, re.M) == ["1", "1"], proc.stdout
+    finally:
+        origin.close()
