@@ -11,14 +11,23 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from cache_support import Answer, ScriptedOrigin, TricklingOrigin, body_for, cache_status, cached_site, get
+from cache_support import (
+    Answer,
+    ScriptedOrigin,
+    TricklingOrigin,
+    body_for,
+    cache_status,
+    cached_site,
+    deep_backlog,
+    get,
+)
 
 Result = tuple[int, dict[str, str], bytes]
 
 
 @pytest.fixture
 def origin() -> Iterator[ScriptedOrigin]:
-    scripted = ScriptedOrigin()
+    scripted = deep_backlog(ScriptedOrigin())
     yield scripted
     scripted.close()
 
@@ -61,6 +70,98 @@ def test_issue5_collapsing_150_concurrent_misses_make_one_origin_request(origin,
     assert collapsed >= 100, f"only {collapsed} of 150 waiters were collapsed: {statuses[:3]}"
     status, headers, got = get(edge.http_port, "/popular")
     assert (status, got) == (200, body) and cache_status(headers).get("hit") is True
+
+
+def test_issue5_collapsing_across_workers(origin, make_edge) -> None:
+    """Issue 5: "N concurrent misses for the same key cause one origin fetch" and "workers share the disk tier (one
+    object written once)": with two workers, 60 concurrent misses still make one origin request."""
+    edge = make_edge([cached_site(origin)], https=[], workers=2)
+    body = body_for("/both", 10_000)
+    origin.answers["/both"] = Answer(200, [("Cache-Control", "max-age=60")], body, delay=1.0)
+    results = _concurrently(60, lambda: get(edge.http_port, "/both", timeout=15))
+    assert all(status == 200 and got == body for status, _, got in results)
+    assert origin.count("/both") == 1
+
+
+def test_issue5_collapsed_range_and_conditional_requests(origin, make_edge) -> None:
+    """Issue 5 with RFC 9110 sections 13.1.2 and 14.2: waiters that sent Range or If-None-Match share the fill and
+    get their own answer from it: the exact 206 slice, or a 304 for a matching ETag."""
+    edge = make_edge([cached_site(origin)], https=[])
+    body = body_for("/video", 200_000)
+    origin.answers["/video"] = Answer(200, [("Cache-Control", "max-age=60"), ("ETag", '"v"')], body, delay=0.8)
+    kinds = ["full", "range", "etag"] * 8
+    answers: dict[int, Result] = {}
+
+    def client(index: int) -> None:
+        kind = kinds[index]
+        headers = {"range": {"Range": f"bytes={index}-{index + 999}"}, "etag": {"If-None-Match": '"v"'}}.get(kind)
+        answers[index] = get(edge.http_port, "/video", headers=headers, timeout=10)
+
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(len(kinds))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(15)
+    assert origin.count("/video") == 1
+    assert len(answers) == len(kinds)
+    for index, (status, headers, got) in answers.items():
+        if kinds[index] == "full":
+            assert (status, got) == (200, body)
+        elif kinds[index] == "range":
+            assert (status, got) == (206, body[index:index + 1000]), (index, headers)
+            assert headers["content-range"] == f"bytes {index}-{index + 999}/200000"
+        else:
+            assert (status, got) == (304, b""), headers
+
+
+def test_issue5_collapsed_waiters_of_another_variant_fetch_their_own(origin, make_edge) -> None:
+    """Issue 5 with RFC 9111 section 4.1: waiters whose request selects another variant (``Vary: X-Lang``) are not
+    given the leader's response: every client gets the body for its own language."""
+    edge = make_edge([cached_site(origin)], https=[])
+
+    def answer(seen) -> Answer:
+        lang = seen.headers.get("x-lang", "none")
+        return Answer(200, [("Cache-Control", "max-age=60"), ("Vary", "X-Lang")], f"in {lang}".encode(), delay=0.5)
+
+    origin.answers["/hello"] = answer
+    langs = ["en", "fr", "de"] * 6
+    got: list[tuple[str, Result]] = []
+
+    def client(lang: str) -> None:
+        got.append((lang, get(edge.http_port, "/hello", headers={"X-Lang": lang}, timeout=10)))
+
+    threads = [threading.Thread(target=client, args=(lang,)) for lang in langs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(15)
+    assert len(got) == len(langs)
+    for lang, (status, headers, body) in got:
+        assert (status, body) == (200, f"in {lang}".encode()), headers
+    assert 3 <= origin.count("/hello") <= 1 + 2 * 6
+    status, headers, body = get(edge.http_port, "/hello", headers={"X-Lang": langs[0]})
+    assert body == f"in {langs[0]}".encode() and cache_status(headers).get("hit") is True, headers
+
+
+def test_issue5_released_waiter_stores_its_own_variant(origin, make_edge) -> None:
+    """RFC 9111 section 3 with issue 5: a waiter released because the leader's response is another variant fetches
+    for itself like any miss, so its storable response is stored: the next request for its variant is a hit."""
+    edge = make_edge([cached_site(origin)], https=[])
+
+    def answer(seen) -> Answer:
+        lang = seen.headers.get("x-lang", "none")
+        return Answer(200, [("Cache-Control", "max-age=60"), ("Vary", "X-Lang")], f"in {lang}".encode(), delay=0.5)
+
+    origin.answers["/hi"] = answer
+    leader = threading.Thread(target=get, args=(edge.http_port, "/hi"), kwargs={"headers": {"X-Lang": "en"}})
+    leader.start()
+    time.sleep(0.1)
+    status, headers, body = get(edge.http_port, "/hi", headers={"X-Lang": "fr"})
+    leader.join(5)
+    assert (status, body) == (200, b"in fr")
+    status, headers, body = get(edge.http_port, "/hi", headers={"X-Lang": "fr"})
+    assert body == b"in fr" and cache_status(headers).get("hit") is True, headers
+    assert origin.count("/hi") == 2
 
 
 @pytest.mark.parametrize("control", ["private", "no-store"])
@@ -117,6 +218,8 @@ def _leave_mid_body(port: int, path: str, after: int) -> int:
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: cached.example\r\n\r\n".encode())
     received = 0
+    if not after:
+        time.sleep(0.15)  # the request has reached the origin, which waits before answering
     while received < after:
         chunk = sock.recv(65536)
         assert chunk, "the edge closed before the leader left"
@@ -126,11 +229,13 @@ def _leave_mid_body(port: int, path: str, after: int) -> int:
     return received
 
 
-@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-def test_issue5_leader_leaving_mid_body_does_not_stop_the_waiters(make_edge, chunked) -> None:
+@pytest.mark.parametrize(("chunked", "leave_after"), [(False, 200 * 1024), (True, 200 * 1024), (False, 0)],
+                         ids=["mid-body", "mid-body-chunked", "before-head"])
+def test_issue5_leader_leaving_does_not_stop_the_waiters(make_edge, chunked, leave_after) -> None:
     """Issue 5: "a client that disconnects does not abort a fill other clients wait on": the leader's client resets
-    its connection a fifth of the way into a 1 MiB body the origin sends slowly; waiters that joined before the head
-    and while the body streamed all get the whole body, and it is stored."""
+    its connection before the head, or a fifth of the way into a 1 MiB body the origin sends slowly (with or
+    without Content-Length); waiters that joined before the head and while the body streamed all get the whole
+    body, and it is stored."""
     slow = TricklingOrigin(piece=16384, interval=0.02)
     try:
         edge = make_edge([cached_site(slow)], https=[])
@@ -141,7 +246,7 @@ def test_issue5_leader_leaving_mid_body_does_not_stop_the_waiters(make_edge, chu
         def waiter() -> None:
             results.append(get(edge.http_port, "/big", timeout=20))
 
-        leader = threading.Thread(target=_leave_mid_body, args=(edge.http_port, "/big", 200 * 1024))
+        leader = threading.Thread(target=_leave_mid_body, args=(edge.http_port, "/big", leave_after))
         leader.start()
         time.sleep(0.1)
         early = [threading.Thread(target=waiter) for _ in range(3)]

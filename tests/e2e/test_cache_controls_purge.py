@@ -9,11 +9,12 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cache_support import Answer, ScriptedOrigin, body_for, cache_status, cached_site, get
+from cache_support import Answer, ScriptedOrigin, TricklingOrigin, body_for, cache_status, cached_site, get
 from e2e_support import Edge, wait_for
 
 from tlsedge.control.status import live_worker_pids
@@ -278,6 +279,100 @@ def test_issue5_purge_errors_are_clear(two_workers) -> None:
         assert named in proc.stderr and "Traceback" not in proc.stderr + proc.stdout, proc.stderr
     assert "cached, other" in _purge(two_workers, "site", "nosuch").stderr
     assert all(_hits(two_workers).values())
+
+
+def test_rfc9211_2_2_miss_after_a_purge_is_a_uri_miss(make_edge, purge_origin) -> None:
+    """RFC 9211 section 2.2: after a purge the URL is not stored at all, so the next request is ``fwd=uri-miss``;
+    ``vary-miss`` would say a response for the URL is stored but another variant was asked for (these never vary).
+    One worker, so the request after the purge meets the worker that stored the response."""
+    edge = make_edge([cached_site(purge_origin)], https=[])
+    _wait_for_workers(edge)
+    assert "stored" in cache_status(get(edge.http_port, "/a")[1])
+    _report(edge, _purge(edge, "url", "http://cached.example/a"))
+    params = cache_status(get(edge.http_port, "/a")[1])
+    assert params.get("fwd") == "uri-miss", params
+
+
+def test_issue5_purge_url_covers_every_key_header_value(make_edge, purge_origin) -> None:
+    """Issue 5 "purge by URL" with key_headers: the URL's entries for every value of the key header go."""
+    edge = make_edge([cached_site(purge_origin, key_headers=["X-Device"])], https=[])
+    _wait_for_workers(edge)
+    for device in ("mobile", "desktop"):
+        get(edge.http_port, "/a", headers={"X-Device": device})
+    assert _report(edge, _purge(edge, "url", "http://cached.example/a")) == (2, 2)
+    assert "hit" not in cache_status(get(edge.http_port, "/a", headers={"X-Device": "mobile"})[1])
+
+
+def test_issue5_purge_url_applies_the_sites_key_options(make_edge, purge_origin) -> None:
+    """Issue 5 "purge by URL" with ignore_query_params: a URL as clients request it (with a utm_source the site
+    leaves out of its keys) purges the entry that answers it."""
+    edge = make_edge([cached_site(purge_origin, ignore_query_params=["utm_source"])], https=[])
+    _wait_for_workers(edge)
+    get(edge.http_port, "/b?id=1&utm_source=mail")
+    assert _report(edge, _purge(edge, "url", "http://cached.example/b?id=1&utm_source=news")) == (1, 1)
+    assert "hit" not in cache_status(get(edge.http_port, "/b?id=1")[1])
+
+
+def _wait_for_workers(edge: Edge) -> None:
+    state = Path(edge.server["state_dir"])
+    wait_for(lambda: live_worker_pids(state) == sorted(edge.worker_pids()), 10, what="the workers' status files")
+
+
+def test_issue5_purge_during_a_fill_is_not_undone_by_it(make_edge) -> None:
+    """Issue 5 purge: a fill that started before a purge must not be stored after it ("refuses to store fills that
+    started before the purge"): the origin's answer leaves only after the CLI purged the disk tier, and arrives
+    before the worker's next one-second sweep has seen the purge."""
+    origin = ScriptedOrigin()
+    try:
+        edge = make_edge([cached_site(origin)], https=[])
+        _wait_for_workers(edge)
+        release = threading.Event()
+
+        def answer(seen) -> Answer:
+            release.wait(5)
+            return Answer(200, [("Cache-Control", "max-age=600")], b"from before the purge")
+
+        origin.answers["/race"] = answer
+        client = threading.Thread(target=get, args=(edge.http_port, "/race"))
+        client.start()
+        wait_for(lambda: origin.count("/race") == 1, 5, what="the fill to reach the origin")
+        with subprocess.Popen([sys.executable, "-m", "tlsedge", "purge", "url", "http://cached.example/race", "-c",
+                               str(edge.config_path)], stdout=subprocess.PIPE, text=True) as proc:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().startswith("disk ")  # printed once the disk tier is purged
+            release.set()
+            client.join(5)
+            output = proc.communicate(timeout=10)[0]
+        assert proc.returncode == 0, output
+        origin.answers["/race"] = Answer(200, [("Cache-Control", "max-age=600")], b"after the purge")
+        _, headers, body = get(edge.http_port, "/race")
+        assert body == b"after the purge", headers
+    finally:
+        origin.close()
+
+
+def test_issue5_purge_while_a_fill_streams(make_edge) -> None:
+    """Issue 5 purge: a purge that reaches the worker while a matching response is still streaming in stops it
+    from being stored; the client reading it still gets the whole body."""
+    origin = TricklingOrigin(piece=16 * 1024, interval=0.02)
+    try:
+        edge = make_edge([cached_site(origin)], https=[])
+        _wait_for_workers(edge)
+        body = body_for("/stream", 2 * 1024 * 1024)
+        origin.answers["/stream"] = Answer(200, [("Cache-Control", "max-age=600")], body)
+        got: list[Result] = []
+        client = threading.Thread(target=lambda: got.append(get(edge.http_port, "/stream", timeout=20)))
+        client.start()
+        wait_for(lambda: origin.count("/stream") == 1, 5, what="the fill to reach the origin")
+        proc = _purge(edge, "url", "http://cached.example/stream")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        client.join(20)
+        assert got and got[0][2] == body
+        _, headers, again = get(edge.http_port, "/stream", timeout=20)
+        assert again == body and "hit" not in cache_status(headers), headers
+        assert origin.count("/stream") == 2
+    finally:
+        origin.close()
 
 
 # --- sharing --------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from cache_support import Answer, TricklingOrigin, body_for, cache_status, cached_site, get
-from e2e_support import LIVE_EDGES, Edge
+from e2e_support import LIVE_EDGES, Edge, wait_for
 
 from tlsedge.cache.disk import key_hash
 
@@ -60,8 +60,17 @@ def _kill(edge: Edge) -> None:
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     edge.proc.wait(5)
+    wait_for(lambda: not any(_running(pid) for pid in pids), 5, what="the killed workers to exit")
     while edge in LIVE_EDGES:
         LIVE_EDGES.remove(edge)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (the orphaned workers are reaped by whoever adopted them)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _fill_in_background(edge: Edge, paths: list[str]) -> list[threading.Thread]:

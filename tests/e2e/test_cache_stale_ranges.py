@@ -137,6 +137,19 @@ def test_rfc5861_4_stale_if_error_response_directive_on_5xx(origin, make_edge) -
     assert (status, body) == (500, b"origin error"), "10 s stale is beyond stale-if-error=5"
 
 
+def test_rfc5861_4_stale_if_error_on_origin_timeout(origin, make_edge) -> None:
+    """RFC 5861 section 4 ("an error is any situation that would result in a 500, 502, 503 or 504"): an origin
+    slower than the site's response_timeout makes the edge answer 504, and a stale-if-error copy is served instead."""
+    edge = make_edge([{**cached_site(origin), "origin": {"response_timeout": "1s"}}], https=[])
+    origin.answers["/slow"] = _stale_answer(b"stale slow", "max-age=10, stale-if-error=60", 20)
+    get(edge.http_port, "/slow")
+    origin.answers["/slow"] = Answer(200, [("Cache-Control", "max-age=60")], b"too late", delay=2.0)
+    status, headers, body = get(edge.http_port, "/slow")
+    assert (status, body) == (200, b"stale slow"), headers
+    params = cache_status(headers)
+    assert params.get("fwd") == "stale" and params.get("fwd-status") == "504", headers
+
+
 def test_rfc9111_5_2_2_2_must_revalidate_never_served_stale_on_error(origin, make_edge) -> None:
     """RFC 9111 section 5.2.2.2: a stale must-revalidate copy is not served even when the origin fails and the
     response also said stale-if-error; the error goes to the client."""

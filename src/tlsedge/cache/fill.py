@@ -36,6 +36,7 @@ class Fill:
 
     __slots__ = (
         "chunks",
+        "claimed",
         "entry",
         "expected",
         "generation",
@@ -44,6 +45,7 @@ class Fill:
         "limit",
         "readers",
         "runtime",
+        "site",
         "size",
         "started",
         "state",
@@ -51,9 +53,11 @@ class Fill:
         "writer",
     )
 
-    def __init__(self, runtime: CacheRuntime, key: bytes, limit: int, started: float) -> None:
+    def __init__(self, runtime: CacheRuntime, site: str, key: bytes, limit: int, started: float) -> None:
         self.runtime = runtime
+        self.site = site
         self.key = key
+        self.claimed = False  # holds the disk tier's cross-worker fill lock of the key
         self.limit = limit
         self.started = started  # wall clock: a purge issued after this instant means the result must not be kept
         self.generation = 0  # the key's invalidation generation when the fetch started (see cache/generations.py)

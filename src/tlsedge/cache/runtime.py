@@ -113,8 +113,13 @@ class CacheRuntime:
 
     # --- fills -------------------------------------------------------------------------------------------------
 
-    def begin_fill(self, key: bytes, limit: int) -> Fill:
-        fill = Fill(self, key, limit, time.time())
+    def begin_fill(self, site: str, key: bytes, limit: int, *, claim_ttl: float = 0.0) -> Fill | None:
+        """Register this worker's fetch of a key. With ``claim_ttl``, also take the disk tier's fill lock so the other
+        workers wait for this fetch instead of making their own: None when another worker holds it already."""
+        if claim_ttl and not self.disk.claim(site, key, b"", claim_ttl):
+            return None
+        fill = Fill(self, site, key, limit, time.time())
+        fill.claimed = bool(claim_ttl)
         if self.generations is not None:
             fill.generation = self.generations.current(key)
         self.fills[key] = fill
@@ -132,6 +137,12 @@ class CacheRuntime:
         """A complete, storable response: keep it in both tiers unless a purge since it started covers it."""
         if self.fills.get(fill.key) is fill:
             del self.fills[fill.key]
+        try:
+            self._commit(fill)
+        finally:
+            self._release(fill)
+
+    def _commit(self, fill: Fill) -> None:
         entry = fill.entry
         invalidated = self.generations is not None and self.generations.current(fill.key) != fill.generation
         if invalidated or self._purged_since(fill.started, entry):
@@ -154,6 +165,12 @@ class CacheRuntime:
     def drop_fill(self, fill: Fill) -> None:
         if self.fills.get(fill.key) is fill:
             del self.fills[fill.key]
+        self._release(fill)
+
+    def _release(self, fill: Fill) -> None:
+        if fill.claimed:
+            fill.claimed = False
+            self.disk.release(fill.site, fill.key, b"")
 
     def store(self, entry: CacheEntry, body: bytes) -> None:
         """Keep a response in this worker's memory tier (the disk copy is written by the fill's writer)."""

@@ -130,7 +130,7 @@ def refresh(edge: Edge, ex: Exchange, state: CacheRequest, entry: CacheEntry, bo
     own = Request(state.site)
     own.key, own.rule, own.entry, own.body, own.revalidating = state.key, state.rule, entry, body, True
     if state.key not in runtime.fills:  # a 200 instead of a 304 is stored through a fill of its own
-        own.fill = runtime.begin_fill(state.key, state.site.config.max_object_size)
+        own.fill = runtime.begin_fill(state.site.site, state.key, state.site.config.max_object_size)
     runtime.refreshing.add(state.key)
     pool = server.conns
     feed = OriginFeed(own, b"GET", list(ex.headers), pool, time.time(), state.key)

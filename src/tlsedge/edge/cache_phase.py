@@ -52,6 +52,8 @@ _SAFE = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 # Response fields never stored: they describe this hop or this transfer, not the resource.
 _NOT_STORED = HOP_BY_HOP | {b"age", b"content-length", b"cdn-cache-control"}
 _NO_BODY = frozenset({204, 304})
+# Bodies up to this size are joined with their head: one write (one batch of TLS records) costs less than two.
+_JOIN_LIMIT = 256 * 1024
 _UNCACHEABLE_MEMORY = 10.0  # seconds a key that answered uncacheable is forwarded as is (no collapsing, no strip)
 # Reasons that say the URL's responses cannot be stored whoever asks (not "authorization": that was this request).
 # Nor a status or missing freshness: a URL failing with 5xx must still be cached (and collapsed) once it recovers.
@@ -192,7 +194,12 @@ def begin(conn: ClientConnection, ex: Exchange) -> bool:
         return True
     if fill is None:
         # Also when a stale copy is revalidated: a full response instead of a 304 replaces it (RFC 9111 4.3.3).
-        state.fill = runtime.begin_fill(key, site.config.max_object_size)
+        # A plain miss also takes the cross-worker lock; when another worker holds it, wait for its object.
+        timeout = site.config.collapse_timeout if entry is None else 0.0
+        state.fill = runtime.begin_fill(site.site, key, site.config.max_object_size, claim_ttl=timeout)
+        if state.fill is None:
+            _OtherWorker(conn, ex, state).poll()
+            return True
     if state.wants_range or state.wants_validation or entry is not None:
         lines = b""
         if entry is not None and (entry.etag is not None or entry.last_modified is not None):
@@ -245,8 +252,19 @@ def serve(conn: ClientConnection, ex: Exchange, entry: CacheEntry, body: bytes, 
         ex.status = entry.status
         length = b"" if entry.status in _NO_BODY else b"Content-Length: %d\r\n" % len(body)
         head = b"".join((status_line(entry.status), block, length, tail))
-        pieces = [head] if head_only or not body else [head, body] if len(body) > 65536 else [head + body]
+        if head_only or not body:
+            pieces = [head]
+        elif len(body) > _JOIN_LIMIT:
+            pieces = [head, body]
+        else:
+            pieces = [head + body]
     ex.response_started = True
+    if len(pieces) == 1 and not conn.write_paused:
+        # The common hit: one write, no reply object to keep.
+        ex.bytes_out += len(pieces[0])
+        conn.out.append(pieces[0])
+        conn.cache_reply_done(ex)
+        return
     reply = CacheReply(conn, ex)
     ex.reply = reply
     reply.send(pieces)
@@ -387,6 +405,39 @@ def _follow(conn: ClientConnection, ex: Exchange, state: CacheRequest, fill: Fil
             fill.forget(follower)
             fill.readers.append(follower)
             follower.fill_progress(fill)
+
+
+class _OtherWorker:
+    """A miss whose key another worker is fetching: look for its object in the disk tier until it appears, the other
+    worker gives up, or collapse_timeout passes; then serve it, or fetch ourselves."""
+
+    __slots__ = ("conn", "deadline", "ex", "state")
+    _INTERVAL = 0.02
+
+    def __init__(self, conn: ClientConnection, ex: Exchange, state: CacheRequest) -> None:
+        self.conn, self.ex, self.state = conn, ex, state
+        self.deadline = conn.edge.loop.time() + state.site.config.collapse_timeout
+        state.collapsed = True
+
+    def poll(self) -> None:
+        conn, ex, state = self.conn, self.ex, self.state
+        if conn.closed or ex.finished or ex is not conn.current:
+            return
+        site = state.site
+        runtime = site.runtime
+        entry, body, _ = runtime.lookup(site.site, state.key, ex.headers)
+        now = time.time()
+        if entry is not None and verdict(entry, state.request, now) is not Verdict.VALIDATE:
+            serve(conn, ex, entry, body, _collapsed_status(state, entry, now), now)
+            conn.flush()
+            return
+        if conn.edge.loop.time() < self.deadline and runtime.disk.claimed(site.site, state.key, b"",
+                                                                          site.config.collapse_timeout):
+            state.timer = conn.edge.loop.call_later(self._INTERVAL, self.poll)
+            return
+        state.collapsed = False
+        state.detail = b"collapse-timeout" if conn.edge.loop.time() >= self.deadline else None
+        conn.cache_forward(ex)
 
 
 def _collapsed_status(state: CacheRequest, entry: CacheEntry, now: float) -> bytes:
@@ -629,6 +680,9 @@ def _refresh_in_background(conn: ClientConnection, ex: Exchange, state: CacheReq
 def abandon(conn: ClientConnection, ex: Exchange) -> None:
     """The client left: a follower stops waiting; a leader's origin response goes on filling for the others."""
     state = ex.cache
+    if state.timer is not None:
+        state.timer.cancel()
+        state.timer = None
     follower = ex.follower
     if follower is not None:
         follower._stop_timer()
