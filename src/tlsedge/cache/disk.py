@@ -48,7 +48,7 @@ _O_READ = os.O_RDONLY | os.O_CLOEXEC
 _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
-class DiskTierError(Exception):
+class DiskTierError(OSError):
     """The cache directory cannot be used; the message names it, the reason and what to do."""
 
 

@@ -72,11 +72,7 @@ class CacheRuntime:
         (so a miss is a vary-miss rather than a uri-miss)."""
         names = self.vary_of.get(key)
         if names is None:
-            try:
-                names = self.disk.vary_of(site, key)
-            except OSError as exc:
-                log.error("cache: cannot read %s: %s", self.disk.root, exc)
-                names = None
+            names = self.disk.vary_of(site, key)
             if names is None:
                 return None, b"", False
             self._remember_vary(key, names)
@@ -89,11 +85,7 @@ class CacheRuntime:
             if generations is None or entry.generation == generations.current(key):
                 return entry, found[1], True
             self.memory.delete(memory_key)
-        try:
-            found = self.disk.get(site, key, variant)
-        except OSError as exc:
-            log.error("cache: cannot read an object under %s: %s", self.disk.root, exc)
-            found = None
+        found = self.disk.get(site, key, variant)
         if found is None:
             return None, b"", True
         entry, body = found
@@ -127,11 +119,7 @@ class CacheRuntime:
 
     def open_writer(self, fill: Fill) -> None:
         """Start streaming a storable response to a disk temp file (a failure only costs the disk copy)."""
-        try:
-            fill.writer = self.disk.writer(fill.entry)
-        except OSError as exc:
-            log.error("cache: cannot write under %s: %s", self.disk.root, exc)
-            fill.writer = None
+        fill.writer = self.disk.writer(fill.entry)
 
     def finish_fill(self, fill: Fill) -> None:
         """A complete, storable response: keep it in both tiers unless a purge since it started covers it."""
@@ -155,7 +143,8 @@ class CacheRuntime:
         if fill.writer is not None:
             writer, fill.writer = fill.writer, None
             if not writer.commit(entry):
-                log.error("cache: could not write %s to disk under %s", entry.url.decode("latin-1"), self.disk.root)
+                log.error("cache: could not write %s to disk under %s: %s", entry.url.decode("latin-1"),
+                          self.disk.root, writer.error or "the object changed meanwhile")
 
     def remember_uncacheable(self, key: bytes, until: float) -> None:
         if len(self.uncacheable) >= _MAX_VARY_NAMES:
@@ -183,10 +172,7 @@ class CacheRuntime:
     def updated(self, entry: CacheEntry, body: bytes) -> None:
         """Headers refreshed by a 304: both tiers get the new metadata."""
         self.store(entry, body)
-        try:
-            self.disk.update(entry)
-        except OSError as exc:
-            log.error("cache: cannot update %s on disk: %s", entry.url.decode("latin-1"), exc)
+        self.disk.update(entry)
 
     def invalidate(self, site: str, key: bytes) -> None:
         """RFC 9111 section 4.4: every stored variant of the key goes, in this worker and (by generation) in all."""
@@ -197,10 +183,7 @@ class CacheRuntime:
             self.memory.delete(key + _VARIANT)
         elif names:
             self.memory.purge(lambda entry: entry.key == key)
-        try:
-            self.disk.delete(site, key)
-        except OSError as exc:
-            log.error("cache: cannot delete an object under %s: %s", self.disk.root, exc)
+        self.disk.delete(site, key)
 
     # --- purges ------------------------------------------------------------------------------------------------
 

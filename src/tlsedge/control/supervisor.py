@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tlsedge.cache.disk import DiskTier
 from tlsedge.cache.generations import Generations
 from tlsedge.config import ConfigError, load_config
 from tlsedge.config.errors import Problem
@@ -302,8 +303,18 @@ def _upstream_setup(config: Config) -> UpstreamSetup:
         health=SharedHealth(len(slots)) if slots else None,
         health_slots=slots,
         sticky_key=sticky_key,
-        cache_generations=Generations() if any(site.cache.enabled for site in config.sites) else None,
+        cache_generations=_cache_generations(config),
     )
+
+
+def _cache_generations(config: Config) -> Generations | None:
+    """The shared invalidation counters when a site caches; the disk tier's directory is checked here, before
+    forking, so an unusable one stops a start (or a reload) with its reason instead of killing every worker."""
+    if not any(site.cache.enabled for site in config.sites):
+        return None
+    storage = config.cache
+    DiskTier(storage.path if storage.path is not None else config.server.state_dir / "cache", storage.disk_size)
+    return Generations()
 
 
 def _store_with_certificates(config: Config) -> Store | None:
