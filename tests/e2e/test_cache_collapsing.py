@@ -5,10 +5,14 @@ client does. Each client is a thread with a connection of its own; the origin co
 
 from __future__ import annotations
 
+import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from cache_support import (
@@ -21,6 +25,9 @@ from cache_support import (
     deep_backlog,
     get,
 )
+from e2e_support import wait_for
+
+from tlsedge.control.status import live_worker_pids
 
 Result = tuple[int, dict[str, str], bytes]
 
@@ -78,9 +85,15 @@ def test_issue5_collapsing_across_workers(origin, make_edge) -> None:
     edge = make_edge([cached_site(origin)], https=[], workers=2)
     body = body_for("/both", 10_000)
     origin.answers["/both"] = Answer(200, [("Cache-Control", "max-age=60")], body, delay=1.0)
+    state = Path(edge.server["state_dir"])
+    wait_for(lambda: live_worker_pids(state) == sorted(edge.worker_pids()), 10, what="both workers' status files")
     results = _concurrently(60, lambda: get(edge.http_port, "/both", timeout=15))
     assert all(status == 200 and got == body for status, _, got in results)
     assert origin.count("/both") == 1
+    # Both workers took part: each now holds the object in memory (the purge reports 1 per worker).
+    purge = subprocess.run([sys.executable, "-m", "tlsedge", "purge", "url", "http://cached.example/both", "-c",
+                            str(edge.config_path)], capture_output=True, text=True, timeout=30)
+    assert re.findall(r"^worker \d+: (\d+) removed from memory$", purge.stdout, re.M) == ["1", "1"], purge.stdout
 
 
 def test_issue5_collapsed_range_and_conditional_requests(origin, make_edge) -> None:
@@ -97,8 +110,11 @@ def test_issue5_collapsed_range_and_conditional_requests(origin, make_edge) -> N
         headers = {"range": {"Range": f"bytes={index}-{index + 999}"}, "etag": {"If-None-Match": '"v"'}}.get(kind)
         answers[index] = get(edge.http_port, "/video", headers=headers, timeout=10)
 
+    # The leader is the plain GET (a leader's own Range or condition may be answered with the whole 200).
     threads = [threading.Thread(target=client, args=(index,)) for index in range(len(kinds))]
-    for thread in threads:
+    threads[0].start()
+    wait_for(lambda: origin.count("/video") == 1, 5, what="the leader's request at the origin")
+    for thread in threads[1:]:
         thread.start()
     for thread in threads:
         thread.join(15)
@@ -131,7 +147,9 @@ def test_issue5_collapsed_waiters_of_another_variant_fetch_their_own(origin, mak
         got.append((lang, get(edge.http_port, "/hello", headers={"X-Lang": lang}, timeout=10)))
 
     threads = [threading.Thread(target=client, args=(lang,)) for lang in langs]
-    for thread in threads:
+    threads[0].start()  # the leader asks for English
+    wait_for(lambda: origin.count("/hello") == 1, 5, what="the leader's request at the origin")
+    for thread in threads[1:]:
         thread.start()
     for thread in threads:
         thread.join(15)

@@ -198,12 +198,17 @@ def purge_origin() -> Iterator[ScriptedOrigin]:
     scripted.close()
 
 
+def _wait_for_workers(edge: Edge) -> None:
+    """Until every worker has written its status file: the purge command asks only the workers it finds there."""
+    state = Path(edge.server["state_dir"])
+    wait_for(lambda: live_worker_pids(state) == sorted(edge.worker_pids()), 10, what="the workers' status files")
+
+
 @pytest.fixture
 def two_workers(make_edge, purge_origin) -> Edge:
     """An edge with two workers and two cached sites; every PATHS entry filled once on each site."""
     edge = make_edge([cached_site(purge_origin), cached_site(purge_origin, "other")], https=[], workers=2)
-    state = Path(edge.server["state_dir"])
-    wait_for(lambda: live_worker_pids(state) == sorted(edge.worker_pids()), 10, what="both workers' status files")
+    _wait_for_workers(edge)
     for host in ("cached.example", "other.example"):
         for path in PATHS:
             status, headers, _ = get(edge.http_port, path, host)
@@ -313,11 +318,6 @@ def test_issue5_purge_url_applies_the_sites_key_options(make_edge, purge_origin)
     assert "hit" not in cache_status(get(edge.http_port, "/b?id=1")[1])
 
 
-def _wait_for_workers(edge: Edge) -> None:
-    state = Path(edge.server["state_dir"])
-    wait_for(lambda: live_worker_pids(state) == sorted(edge.worker_pids()), 10, what="the workers' status files")
-
-
 def test_issue5_purge_during_a_fill_is_not_undone_by_it(make_edge) -> None:
     """Issue 5 purge: a fill that started before a purge must not be stored after it ("refuses to store fills that
     started before the purge"): the origin's answer leaves only after the CLI purged the disk tier, and arrives
@@ -385,8 +385,7 @@ def test_issue5_workers_share_the_disk_tier(make_edge) -> None:
     origin = ScriptedOrigin()
     try:
         edge = make_edge([cached_site(origin)], https=[], workers=2)
-        state = Path(edge.server["state_dir"])
-        wait_for(lambda: live_worker_pids(state) == sorted(edge.worker_pids()), 10, what="both workers' status")
+        _wait_for_workers(edge)
         body = body_for("/shared", 20_000)
         origin.answers["/shared"] = Answer(200, [("Cache-Control", "max-age=600")], body)
         assert get(edge.http_port, "/shared")[2] == body

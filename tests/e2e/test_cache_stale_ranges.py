@@ -213,6 +213,23 @@ def test_issue5_always_online_off_by_default(origin, make_edge) -> None:
     assert get(edge.http_port, "/plain")[0] == 502
 
 
+def test_rfc9110_14_2_ranges_answered_from_a_stale_copy(origin, make_edge) -> None:
+    """RFC 9110 section 14.2 with RFC 5861: a Range answered by a stale copy (stale-if-error after a 500, or
+    stale-while-revalidate) is the 206 of that copy; after the background refresh, the 206 of the new one."""
+    edge = make_edge([cached_site(origin)], https=[])
+    origin.answers["/sie-range"] = _stale_answer(b"0123456789", "max-age=10, stale-if-error=60", 20)
+    origin.answers["/swr-range"] = _stale_answer(b"0123456789", "max-age=10, stale-while-revalidate=60", 20)
+    get(edge.http_port, "/sie-range")
+    get(edge.http_port, "/swr-range")
+    origin.answers["/sie-range"] = Answer(500, [], b"error")
+    origin.answers["/swr-range"] = Answer(200, [("Cache-Control", "max-age=60")], b"abcdefghij")
+    for path in ("/sie-range", "/swr-range"):
+        status, headers, body = get(edge.http_port, path, headers={"Range": "bytes=2-4"})
+        assert (status, body, headers.get("content-range")) == (206, b"234", "bytes 2-4/10"), headers
+    wait_for(lambda: get(edge.http_port, "/swr-range", headers={"Range": "bytes=2-4"})[2] == b"cde", 5,
+             what="the refreshed copy's range")
+
+
 # --- ranges --------------------------------------------------------------------------------------------------------
 
 

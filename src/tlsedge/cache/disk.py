@@ -29,6 +29,7 @@ and a method given an unsafe site name (``ValueError``; the configuration rules 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import os
@@ -376,7 +377,7 @@ class DiskTier:
         """
         directory, h = self._key_dir(site, key)
         lock = f"{directory}/{h}-{variant_hash(variant)}.fill"
-        token = self._claims.get(lock) or f"{os.getpid()} {self._unique()}".encode()
+        token = self._claims.get(lock) or b"%s %s" % (_owner(os.getpid()), self._unique().encode())
         try:
             for _ in range(3):
                 try:
@@ -632,8 +633,33 @@ def _live(content: bytes, mtime: float, ttl: float) -> bool:
     """A lock is live while younger than ttl and its process runs (an empty one is being written: age decides)."""
     if time.time() - mtime > ttl:
         return False
-    pid = _pid(content.split(b" ", 1)[0])
-    return pid is None or _pid_alive(pid)
+    pid_text, _, start = content.split(b" ", 1)[0].partition(b":")
+    pid = _pid(pid_text)
+    if pid is None:
+        return True
+    # A killed worker's pid may be a zombie nobody reaped yet, or a new process: compare start times ("-": the
+    # writer could not read its own, without /proc). A token without one is not ours: stale.
+    if start == b"-":
+        return _pid_alive(pid)
+    return bool(start) and _start_time(pid) == start
+
+
+@functools.lru_cache(maxsize=4)
+def _owner(pid: int) -> bytes:
+    """``pid:start-time`` naming this process in its locks (per pid: a forked worker has its own)."""
+    return b"%d:%s" % (pid, _start_time(pid) or b"-")
+
+
+def _start_time(pid: int) -> bytes | None:
+    """A process's start time (field 22 of /proc/<pid>/stat); None when it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+    except OSError:
+        return None
+    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
+        return None
+    return fields[19]
 
 
 def _abandoned(item: os.DirEntry[str], now: float, prefix: int = 0) -> bool:

@@ -69,13 +69,17 @@ class Purge:
 
 
 def normalise_url(url: str) -> bytes:
-    """A URL as cache keys spell it: scheme and host lower-cased, the rest unchanged."""
+    """A URL as cache keys spell it: scheme and host lower-cased, no port (keys use the Host's name), the rest
+    unchanged."""
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in ("http", "https"):
         raise ValueError(f"{url!r} is not an http:// or https:// URL")
     host, slash, path = rest.partition("/")
     if not host:
         raise ValueError(f"{url!r} has no host")
+    name, colon, port = host.rpartition(":")
+    if colon and port.isdigit() and (name.endswith("]") or ":" not in name):
+        host = name
     return f"{scheme.lower()}://{host.lower()}{slash}{path}".encode("latin-1")
 
 

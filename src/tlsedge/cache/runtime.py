@@ -87,7 +87,7 @@ class CacheRuntime:
             self.memory.delete(memory_key)
         found = self.disk.get(site, key, variant)
         if found is None:
-            return None, b"", True
+            return None, b"", bool(names)  # a missing variant of a varying key; else the object is simply gone
         entry, body = found
         if generations is not None:
             entry.generation = generations.current(key)
@@ -104,6 +104,14 @@ class CacheRuntime:
         self.vary_of[key] = names
 
     # --- fills -------------------------------------------------------------------------------------------------
+
+    def own_fill(self, site: str, key: bytes, limit: int) -> Fill:
+        """A fill only its request reads (not registered for collapsing): for a request that stopped waiting on
+        another's fill, so its own response is still stored."""
+        fill = Fill(self, site, key, limit, time.time())
+        if self.generations is not None:
+            fill.generation = self.generations.current(key)
+        return fill
 
     def begin_fill(self, site: str, key: bytes, limit: int, *, claim_ttl: float = 0.0) -> Fill | None:
         """Register this worker's fetch of a key. With ``claim_ttl``, also take the disk tier's fill lock so the other

@@ -12,6 +12,7 @@ import time
 
 from tlsedge.cache import purge as purges
 from tlsedge.cache.disk import DiskTier
+from tlsedge.cache.key import KeyPolicy
 from tlsedge.commands import config_or_report
 from tlsedge.config.schema import Config
 from tlsedge.control.status import live_worker_pids
@@ -48,8 +49,7 @@ def _purge(args: argparse.Namespace) -> int:
     root = config.cache.path if config.cache.path is not None else config.server.state_dir / "cache"
     try:
         disk = DiskTier(root, config.cache.disk_size)
-        removed = disk.purge_site(purge.value.decode()) if purge.kind == "site" else disk.purge(purge.matches,
-                                                                                                    site=purge.site)
+        removed = _purge_disk(disk, purge)
     except OSError as exc:
         print(f"error: cannot purge the disk tier under {root}: {exc}", file=sys.stderr)
         return 1
@@ -69,6 +69,11 @@ def _purge(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    # A fill that started before the purge may have reached the disk before its worker read the purge: the workers
+    # refuse such fills from now on, so one more pass over the disk removes what slipped through.
+    removed_late = _purge_disk(disk, purge)
+    if removed_late:
+        print(f"disk: {removed_late} more removed (stored while the purge spread)")
     missing = 0
     for pid in workers:
         if pid in answers:
@@ -77,6 +82,29 @@ def _purge(args: argparse.Namespace) -> int:
             missing += 1
             print(f"worker {pid}: no answer within {args.wait:g}s (it applies the purge at its next sweep)")
     return 1 if missing else 0
+
+
+def _purge_disk(disk: DiskTier, purge: purges.Purge) -> int:
+    if purge.kind == "site":
+        return disk.purge_site(purge.value.decode())
+    return disk.purge(purge.matches, site=purge.site)
+
+
+def _site_key(config: Config, url: bytes, site_name: str | None) -> bytes:
+    """A URL as the cache keys it, through the key options (ignored query parameters, rules) of the site serving
+    its host, so purging the URL a client used removes the object that answered it."""
+    scheme, _, rest = url.partition(b"://")
+    host, slash, path = rest.partition(b"/")
+    name = host.decode("latin-1")
+    for site in config.sites:
+        if not site.cache.enabled or (site_name is not None and site.name != site_name):
+            continue
+        if any(pattern == name or (pattern.startswith("*.") and name.endswith(pattern[1:]) and
+                                   name.count(".") == pattern.count(".")) for pattern in site.hosts):
+            keys = KeyPolicy(site.cache)
+            target = slash + path
+            return keys.base(scheme, host, target, keys.rule_for(target))
+    return b"%s://%s%s%s" % (scheme, host, slash, path)
 
 
 def _build(args: argparse.Namespace, config: Config) -> purges.Purge | None:
@@ -97,6 +125,8 @@ def _build(args: argparse.Namespace, config: Config) -> purges.Purge | None:
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return None
+        if kind == "url":
+            value = _site_key(config, value, site)
     elif kind == "tag":
         value = args.value.strip().lower().encode()
     elif kind == "site":

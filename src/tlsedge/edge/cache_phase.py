@@ -440,6 +440,14 @@ class _OtherWorker:
         conn.cache_forward(ex)
 
 
+def fetch_alone(ex: Exchange) -> None:
+    """A request that waited on another's fetch goes to the origin itself; its response may still be stored."""
+    state = ex.cache
+    site = state.site
+    state.fill = None if state.request.no_store else site.runtime.own_fill(site.site, state.key,
+                                                                         site.config.max_object_size)
+
+
 def _collapsed_status(state: CacheRequest, entry: CacheEntry, now: float) -> bytes:
     return cache_status(state.site.status_name, hit=False, fwd=b"uri-miss", fwd_status=entry.status,
                         ttl=int(entry.lifetime - entry.age(now)), collapsed=True)
@@ -483,7 +491,7 @@ def response_head(
     start_fill(site, fill, new, headers)
     state.stored = True
     return cache_status(site.status_name, hit=False, fwd=state.fwd, fwd_status=status, stored=True,
-                        ttl=int(new.lifetime - new.initial_age))
+                        ttl=int(new.lifetime - new.initial_age), detail=state.detail)
 
 
 def start_fill(site: SiteCacheRuntime, fill: Fill, entry: CacheEntry, headers: list[tuple[bytes, bytes]]) -> None:

@@ -636,7 +636,7 @@ class ClientConnection(asyncio.Protocol):
         """A collapsed request that cannot share the other's response: it goes to the origin itself."""
         if ex is self.current and not ex.finished and not self.closed:
             ex.follower = None
-            ex.cache.fill = None
+            cache_phase.fetch_alone(ex)
             self._dispatch(ex)
             self.flush()
 
