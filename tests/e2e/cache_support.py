@@ -55,6 +55,7 @@ class ScriptedOrigin:
                     pass
 
         class Server(socketserver.ThreadingTCPServer):
+            request_queue_size = 256  # many concurrent misses reach it at once in the collapsing tests
             daemon_threads = True
             allow_reuse_address = True
 
@@ -251,3 +252,21 @@ def cache_status(headers: dict[str, str]) -> dict[str, str | bool]:
         key, eq, value = param.partition("=")
         out[key] = value if eq else True
     return out
+
+
+def status_params(headers: dict[str, str]) -> dict[str, str | bool]:
+    """The Cache-Status of a response as {parameter: value or True}; asserts there is exactly one, from the edge."""
+    value = headers.get("cache-status")
+    assert value is not None, f"no Cache-Status in {headers}"
+    assert "," not in value, f"more than one Cache-Status member: {value!r}"
+    name, *params = [part.strip() for part in value.split(";")]
+    assert name == "tlsedge", value
+    out: dict[str, str | bool] = {}
+    for param in params:
+        key, equals, arg = param.partition("=")
+        out[key] = arg if equals else True
+    return out
+
+
+def is_hit(headers: dict[str, str]) -> bool:
+    return status_params(headers).get("hit") is True

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from cache_support import Answer, ScriptedOrigin, cached_site, get, http_date
+from cache_support import Answer, ScriptedOrigin, cached_site, get, http_date, is_hit, status_params
 from e2e_support import Edge, closed_port
 
 HOST = "cached.example"
@@ -47,24 +47,6 @@ def edge(tmp_path_factory: pytest.TempPathFactory, pki, origin: ScriptedOrigin) 
 @pytest.fixture
 def port(edge: Edge) -> int:
     return edge.http_port
-
-
-def status_params(headers: dict[str, str]) -> dict[str, str | bool]:
-    """The Cache-Status of a response as {parameter: value or True}; asserts there is exactly one, from the edge."""
-    value = headers.get("cache-status")
-    assert value is not None, f"no Cache-Status in {headers}"
-    assert "," not in value, f"more than one Cache-Status member: {value!r}"
-    name, *params = [part.strip() for part in value.split(";")]
-    assert name == "tlsedge", value
-    out: dict[str, str | bool] = {}
-    for param in params:
-        key, equals, arg = param.partition("=")
-        out[key] = arg if equals else True
-    return out
-
-
-def is_hit(headers: dict[str, str]) -> bool:
-    return status_params(headers).get("hit") is True
 
 
 def ttl(headers: dict[str, str]) -> int:

@@ -12,9 +12,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from cache_support import Answer, ScriptedOrigin, Seen, cached_site, get, http_date
+from cache_support import Answer, ScriptedOrigin, Seen, cached_site, get, http_date, is_hit, status_params
 from e2e_support import Edge, wait_for
-from test_cache_rfc9111 import is_hit, status_params
 
 HOST = "cached.example"
 OTHER = "other.example"  # another cached site of the same edge: a cross-origin Location points here
