@@ -79,8 +79,12 @@ class Fill:
         return self.joined
 
     def wait(self, reader: FillReader, variant_of: Callable[[tuple[bytes, ...]], bytes]) -> None:
-        """A follower: called back once the head says whether it can share this response."""
-        self.waiting.append((reader, variant_of))
+        """A follower: called back once the head says whether it can share this response (at once when the head is
+        already in)."""
+        if self.state == PENDING:
+            self.waiting.append((reader, variant_of))
+        else:
+            self._admit(reader, variant_of)
 
     def forget(self, reader: FillReader) -> None:
         """A follower gave up (its client left, or it timed out)."""
@@ -100,13 +104,18 @@ class Fill:
         self.writer = writer
         waiting, self.waiting = self.waiting, []
         for reader, variant_of in waiting:
-            if variant_of(entry.vary) != entry.variant:
-                reader.fill_released(self, "vary-miss")
-            elif expected is None:
-                self.waiting.append((reader, variant_of))  # read it once it is complete
-            else:
-                self.readers.append(reader)
-                reader.fill_progress(self)
+            self._admit(reader, variant_of)
+
+    def _admit(self, reader: FillReader, variant_of: Callable[[tuple[bytes, ...]], bytes]) -> None:
+        """A follower of a streaming fill: released (another variant), reading now, or waiting for the end."""
+        entry = self.entry
+        if variant_of(entry.vary) != entry.variant:
+            reader.fill_released(self, "vary-miss")
+        elif self.expected is None:
+            self.waiting.append((reader, variant_of))  # read it once it is complete
+        else:
+            self.readers.append(reader)
+            reader.fill_progress(self)
 
     def add(self, data: bytes) -> bool:
         """More body; False when the response outgrew the limit (it is then dropped, readers released)."""

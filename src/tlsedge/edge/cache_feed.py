@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from time import monotonic
 from typing import TYPE_CHECKING
 
 from tlsedge.cache.fill import PENDING
+from tlsedge.edge.cache_phase import CacheRequest, decide, refresh_copy, sent_at, start_fill
 
 if TYPE_CHECKING:
     from tlsedge.cache.entry import CacheEntry
-    from tlsedge.edge.cache_phase import CacheRequest
     from tlsedge.edge.exchange import Exchange
     from tlsedge.edge.worker import Edge
     from tlsedge.upstream.connection import OriginConnection
@@ -41,13 +40,11 @@ class OriginFeed:
         self.refresh_key = refresh_key  # set for a background refresh: the key to clear when it ends
 
     def origin_head(self, conn: OriginConnection, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        from tlsedge.edge.cache_phase import _refreshed, decide, start_fill
-
         state = self.state
         site = state.site
         now = time.time()
         if status == 304 and state.entry is not None and state.revalidating:
-            _refreshed(site, state.entry, state.body, headers, self.request_time, now, state.rule)
+            refresh_copy(site, state.entry, state.body, headers, self.request_time, now, state.rule)
             return
         fill = state.fill
         if fill is None or fill.state != PENDING:
@@ -113,7 +110,7 @@ class OriginFeed:
 
 def adopt(ex: Exchange, state: CacheRequest, origin: OriginConnection) -> None:
     """Take over a leader's origin connection after its client left."""
-    request_time = time.time() - (monotonic() - ex.t_upstream)
+    request_time = sent_at(ex, time.time())
     origin.client = OriginFeed(state, ex.method, ex.headers, ex.pool, request_time, None)
     if not origin.closed:
         origin.transport.resume_reading()  # the leader's slow client may have paused it
@@ -121,13 +118,11 @@ def adopt(ex: Exchange, state: CacheRequest, origin: OriginConnection) -> None:
 
 def refresh(edge: Edge, ex: Exchange, state: CacheRequest, entry: CacheEntry, body: bytes, head: bytes) -> None:
     """Send a background conditional request for a stale-while-revalidate hit (one per key at a time)."""
-    from tlsedge.edge.cache_phase import CacheRequest as Request
-
     runtime = state.site.runtime
     server = ex.group.pick(ex.hash_key, None)
     if server is None:
         return
-    own = Request(state.site)
+    own = CacheRequest(state.site)
     own.key, own.rule, own.entry, own.body, own.revalidating = state.key, state.rule, entry, body, True
     if state.key not in runtime.fills:  # a 200 instead of a 304 is stored through a fill of its own
         own.fill = runtime.begin_fill(state.site.site, state.key, state.site.config.max_object_size)

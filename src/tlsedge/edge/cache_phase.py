@@ -25,7 +25,7 @@ from tlsedge.cache.directives import (
 from tlsedge.cache.entry import CacheEntry
 from tlsedge.cache.fill import DONE, PENDING, STREAMING, Fill
 from tlsedge.cache.freshness import Verdict, response_facts, storable, usable_on_error, verdict
-from tlsedge.cache.invalidation import invalidation_targets
+from tlsedge.cache.invalidation import SAFE_METHODS, invalidation_targets
 from tlsedge.cache.ranges import if_range_allows, parse_range, range_reply
 from tlsedge.cache.status import cache_status
 from tlsedge.cache.validation import (
@@ -48,9 +48,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tlsedge.cache")
 
-_SAFE = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
-# Response fields never stored: they describe this hop or this transfer, not the resource.
-_NOT_STORED = HOP_BY_HOP | {b"age", b"content-length", b"cdn-cache-control"}
+# Response fields never stored: they describe this hop or this transfer, not the resource (the targeted cache fields
+# are dropped too, per site).
+_NOT_STORED = HOP_BY_HOP | {b"age", b"content-length"}
 _NO_BODY = frozenset({204, 304})
 # Bodies up to this size are joined with their head: one write (one batch of TLS records) costs less than two.
 _JOIN_LIMIT = 256 * 1024
@@ -104,7 +104,6 @@ class CacheRequest:
         self.wants_range = False  # the client sent Range: a collapsed follower waits for the whole body
         self.wants_validation = False  # the client sent If-None-Match / If-Modified-Since
 
-
     def log_value(self) -> str:
         """The cache's part of the access log line: hit, or why the request was forwarded."""
         if self.served:
@@ -135,7 +134,7 @@ def begin(conn: ClientConnection, ex: Exchange) -> bool:
     keys = site.keys
     if method != b"GET" and method != b"HEAD":
         state.fwd = b"method"
-        if method not in _SAFE:
+        if method not in SAFE_METHODS:
             rule = keys.rule_for(ex.target)
             state.rule = rule
             state.key = _key(conn, ex, ex.host or ex.site.default_host, ex.target, rule)
@@ -236,15 +235,13 @@ def serve(conn: ClientConnection, ex: Exchange, entry: CacheEntry, body: bytes, 
           now: float, own_fields: bytes = b"") -> None:
     """Answer from a stored response: 304 to a matching conditional, 206/416 to a range, else the whole of it."""
     head_only = ex.method == b"HEAD"
-    block = entry.block
-    if not block:
-        block = entry.block = b"".join([b"%s: %s\r\n" % field for field in entry.headers])
+    block = _entry_block(entry)
     tail = _tail(conn, ex, status_field, b"Age: %d\r\n" % int(entry.age(now)) + own_fields)
     ex.cache.served = True
     pieces: list[bytes | memoryview]
     if (ex.cache.wants_validation and entry.status == 200) and not_modified(ex.headers, ex.method, entry):
         ex.status = 304
-        fields = b"".join([b"%s: %s\r\n" % field for field in not_modified_head_fields(entry.headers)])
+        fields = _block(not_modified_head_fields(entry.headers))
         pieces = [b"".join((status_line(304), fields, tail))]
     elif ex.cache.wants_range and entry.status == 200 and not head_only:
         pieces = _ranges(ex, entry, body, block, tail)
@@ -268,6 +265,17 @@ def serve(conn: ClientConnection, ex: Exchange, entry: CacheEntry, body: bytes, 
     reply = CacheReply(conn, ex)
     ex.reply = reply
     reply.send(pieces)
+
+
+def _block(fields: list[tuple[bytes, bytes]]) -> bytes:
+    return b"".join([b"%s: %s\r\n" % field for field in fields])
+
+
+def _entry_block(entry: CacheEntry) -> bytes:
+    """The stored fields as the header block hits write, built once per stored copy."""
+    if not entry.block:
+        entry.block = _block(entry.headers)
+    return entry.block
 
 
 def _ranges(ex: Exchange, entry: CacheEntry, body: bytes, block: bytes, tail: bytes) -> list[bytes | memoryview]:
@@ -294,10 +302,8 @@ def _ranges(ex: Exchange, entry: CacheEntry, body: bytes, block: bytes, tail: by
     reply = range_reply(ranges, size, content_type, os.urandom(8).hex().encode())
     ex.status = reply.status
     skip = (b"content-type", b"content-range") if reply.status == 206 and len(reply.parts) > 1 else (b"content-range",)
-    fields = b"".join(
-        [b"%s: %s\r\n" % (name, value) for name, value in entry.headers if name.lower() not in skip]
-    ) if reply.status == 206 else b""
-    extra = b"".join([b"%s: %s\r\n" % field for field in reply.fields])
+    fields = _block([field for field in entry.headers if field[0].lower() not in skip]) if reply.status == 206 else b""
+    extra = _block(reply.fields)
     pieces: list[bytes | memoryview] = [
         b"".join((status_line(reply.status), fields, extra, b"Content-Length: %d\r\n" % reply.length, tail))
     ]
@@ -351,7 +357,7 @@ class _Follower:
             return  # answered once the whole body is in
         entry = fill.entry
         now = time.time()
-        block = entry.block or b"".join([b"%s: %s\r\n" % field for field in entry.headers])
+        block = _entry_block(entry)
         tail = _tail(self.conn, ex, _collapsed_status(self.state, entry, now), b"Age: %d\r\n" % int(entry.age(now)))
         ex.status = entry.status
         ex.response_started = True
@@ -394,17 +400,8 @@ def _follow(conn: ClientConnection, ex: Exchange, state: CacheRequest, fill: Fil
     state.fill = fill  # not the leader: `follower` marks it
     ex.follower = follower
     headers = ex.headers
-    fill.wait(follower, lambda names: variant_key(names, headers) if names else b"")
     state.timer = conn.edge.loop.call_later(state.site.config.collapse_timeout, follower.timed_out)
-    if fill.state == STREAMING:
-        fill_entry = fill.entry
-        if variant_key(fill_entry.vary, headers) != fill_entry.variant:
-            fill.forget(follower)
-            follower.fill_released(fill, "vary-miss")
-        elif fill.expected is not None:
-            fill.forget(follower)
-            fill.readers.append(follower)
-            follower.fill_progress(fill)
+    fill.wait(follower, lambda names: variant_key(names, headers) if names else b"")
 
 
 class _OtherWorker:
@@ -465,14 +462,14 @@ def response_head(
     state = ex.cache
     site = state.site
     now = time.time()
-    if ex.method not in _SAFE:
+    if ex.method not in SAFE_METHODS:
         if 200 <= status < 400:
             _invalidate(conn, ex, status, headers)
         return cache_status(site.status_name, hit=False, fwd=b"method", fwd_status=status)
     entry = state.entry
     if entry is not None:
         if status == 304 and state.revalidating:
-            state.own_fields = _refreshed(site, entry, state.body, headers, _sent_at(ex, now), now, state.rule)
+            state.own_fields = refresh_copy(site, entry, state.body, headers, sent_at(ex, now), now, state.rule)
             return None
         if status >= 500 and usable_on_error(entry, state.request, now,
                                              always_online_max=_always_online(site)):
@@ -481,7 +478,7 @@ def response_head(
     if fill is None or ex.follower is not None:
         detail = state.detail
         return cache_status(site.status_name, hit=False, fwd=state.fwd, fwd_status=status, detail=detail)
-    new, reason = decide(site, state, ex.method, status, headers, ex.headers, _sent_at(ex, now), now)
+    new, reason = decide(site, state, ex.method, status, headers, ex.headers, sent_at(ex, now), now)
     if new is None:
         fill.uncacheable(reason)
         state.fill = None
@@ -583,13 +580,13 @@ def _stored_fields(site: SiteCacheRuntime, directives: ResponseDirectives,
     return [(name, value) for name, value in headers if name.lower() not in dropped]
 
 
-def _refreshed(site: SiteCacheRuntime, entry: CacheEntry, body: bytes, headers: list[tuple[bytes, bytes]],
+def refresh_copy(site: SiteCacheRuntime, entry: CacheEntry, body: bytes, headers: list[tuple[bytes, bytes]],
                request_time: float, now: float, rule: CacheRule | None) -> bytes:
     """A 304 to the edge's revalidation: the stored copy gets the new header fields and freshness. Returns the 304's
     Set-Cookie lines, meant for the client whose request revalidated and never stored."""
     if any(name.lower() == b"set-cookie" for name, _ in headers):
         # A cookie for the client whose request revalidated the copy: that client gets it, nobody else.
-        own = b"".join([b"%s: %s\r\n" % field for field in headers if field[0].lower() == b"set-cookie"])
+        own = _block([field for field in headers if field[0].lower() == b"set-cookie"])
         headers = [(name, value) for name, value in headers if name.lower() != b"set-cookie"]
     else:
         own = b""
@@ -645,7 +642,7 @@ def serve_stale_on_error(conn: ClientConnection, ex: Exchange, status: int) -> b
     return True
 
 
-def _sent_at(ex: Exchange, now: float) -> float:
+def sent_at(ex: Exchange, now: float) -> float:
     """Wall-clock time the request went to the origin (the exchange keeps loop-independent monotonic times)."""
     return now - (monotonic() - ex.t_upstream)
 

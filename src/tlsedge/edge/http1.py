@@ -883,19 +883,15 @@ class ClientConnection(asyncio.Protocol):
         if ex.fill is not None:
             ex.fill.complete()
             ex.fill = None
-        if ex.cache is not None and ex.cache.revalidated:
-            if reusable and ex.body_done:
-                ex.pool.release(conn)
-            else:
-                conn.abort()
-            cache_phase.answer_revalidated(self, ex)
-            return
-        if ex.response_chunked:
-            self.out.append(b"0\r\n\r\n")
         if reusable and ex.body_done:
             ex.pool.release(conn)
         else:
             conn.abort()
+        if ex.cache is not None and ex.cache.revalidated:
+            cache_phase.answer_revalidated(self, ex)  # the 304 ended: the refreshed stored copy answers
+            return
+        if ex.response_chunked:
+            self.out.append(b"0\r\n\r\n")
         self._finish(ex)
 
     def origin_lost(self, conn: OriginConnection, reason: str) -> None:
