@@ -461,6 +461,24 @@ def test_abandoned_temp_files_and_purges_are_cleaned_at_start(tmp_path: Path) ->
     assert not (tmp_path / f".purge-{gone}-abcd-2").exists()
 
 
+def test_temp_files_of_a_killed_process_not_yet_reaped_are_cleaned(tmp_path: Path) -> None:
+    """A worker killed with its control process is adopted by whoever reaps orphans; until then it is a zombie
+    whose pid answers signals. It writes no more, so its temp files are abandoned."""
+    DiskTier(tmp_path, 1 << 20)
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child did not exit"
+            time.sleep(0.01)
+        os.kill(zombie.pid, 0)  # still signalable: a plain liveness check would keep its files
+        (tmp_path / ".tmp" / f"{zombie.pid}-abcd-1").write_bytes(b"partial")
+        DiskTier(tmp_path, 1 << 20)
+        assert list((tmp_path / ".tmp").iterdir()) == []
+    finally:
+        zombie.wait(5)
+
+
 def test_fill_lock_claim_release_and_claimed(tmp_path: Path) -> None:
     a = DiskTier(tmp_path, 1 << 20)
     b = DiskTier(tmp_path, 1 << 20)  # another worker

@@ -665,7 +665,7 @@ def _start_time(pid: int) -> bytes | None:
 def _abandoned(item: os.DirEntry[str], now: float, prefix: int = 0) -> bool:
     """Whether a temp file or purge directory named ``<pid>-...`` (after ``prefix`` characters) is left over."""
     pid = _pid(item.name[prefix:].split("-", 1)[0])
-    if pid is None or not _pid_alive(pid):
+    if pid is None or not _process_running(pid):
         return True
     try:
         return now - item.stat(follow_symlinks=False).st_mtime > STALE_TEMP
@@ -679,6 +679,13 @@ def _pid(text: str | bytes) -> int | None:
     except ValueError:
         return None
     return pid if pid > 0 else None
+
+
+def _process_running(pid: int) -> bool:
+    """Alive and not a zombie: a killed worker whose adopter has not reaped it yet writes no more."""
+    if os.path.isdir("/proc"):
+        return _start_time(pid) is not None
+    return _pid_alive(pid)
 
 
 def _pid_alive(pid: int) -> bool:
