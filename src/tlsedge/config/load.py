@@ -9,7 +9,6 @@ raised, so a Config built from placeholders never escapes. Things that work but 
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import stat
@@ -23,9 +22,13 @@ from typing import Any, Literal, TypeVar, cast, get_args
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
+from tlsedge.guard.iprules import parse_network
+from tlsedge.guard.ratelimit import parse_rate
+
 from . import certs
 from .cache import load_site_cache, load_storage
 from .errors import ConfigError, Problem
+from .guard import SITE_GUARD_KEYS, load_guard_settings, load_site_guard
 from .schema import (
     LETS_ENCRYPT,
     ORIGIN_CA_CLIENT,
@@ -78,7 +81,7 @@ from .values import (
 
 T = TypeVar("T")
 
-_ROOT_KEYS = ("server", "acme", "cache", "site")
+_ROOT_KEYS = ("server", "acme", "cache", "guard", "ip_rules", "bans", "site")
 _SERVER_KEYS = (
     "state_dir",
     "workers",
@@ -107,6 +110,7 @@ _SITE_KEYS = (
     "pool",
     "route",
     "cache",
+    *SITE_GUARD_KEYS,
 )
 _CERTIFICATE_KEYS = ("cert", "key")
 _ACME_KEYS = (
@@ -166,11 +170,13 @@ def load_config(path: Path) -> Config:
     server = _server(root)
     acme = _acme_defaults(root)
     cache = load_storage(root)
+    guard = load_guard_settings(root)
     sites = _sites(root, acme)
     _check_server_against_sites(root, server, sites)
     if report.problems:
         raise ConfigError(report.problems)
-    return Config(path=path.absolute(), server=server, sites=sites, cache=cache, warnings=tuple(report.warnings))
+    return Config(path=path.absolute(), server=server, sites=sites, cache=cache, guard=guard,
+                  warnings=tuple(report.warnings))
 
 
 @dataclass
@@ -432,21 +438,7 @@ def _trusted_proxies(t: _Table) -> tuple[IpNetwork, ...] | None:
     items = t.strings("trusted_proxies")
     if items is None:
         return None
-    return tuple(net for where, text in items if (net := t.attempt(where, lambda text=text: _network(text))))
-
-
-def _network(text: str) -> IpNetwork:
-    try:
-        return ipaddress.ip_network(text, strict=True)
-    except ValueError:
-        pass
-    try:
-        loose = ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is not an IP address or network; write e.g. '10.0.0.0/8', '192.0.2.7' or '2001:db8::/32'"
-        ) from None
-    raise ValueError(f"{text!r} has bits set after the prefix length; write the network as {str(loose)!r}")
+    return tuple(net for where, text in items if (net := t.attempt(where, lambda text=text: parse_network(text))))
 
 
 _LIMITS: dict[str, Callable[[_Table, str], Any]] = {
@@ -459,6 +451,9 @@ _LIMITS: dict[str, Callable[[_Table, str], Any]] = {
     "send_timeout": _Table.duration,
     "handshake_timeout": _Table.duration,
     "max_connections": lambda t, k: t.integer(k, 1),
+    "max_connections_per_ip": lambda t, k: t.integer(k, 0),
+    "connection_rate_per_ip": lambda t, k: t.parsed(k, parse_rate),
+    "connection_burst_per_ip": lambda t, k: t.integer(k, 0),
 }
 
 
@@ -546,6 +541,7 @@ def _site(
             managed_certificate=managed,
             max_body_size=t.size("max_body_size"),
             cache=load_site_cache(t),
+            guard=load_site_guard(t),
             origin=_origin_timeouts(t.child(origin, f"{prefix}.origin", _ORIGIN)) if origin is not None else None,
         ),
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from tlsedge.config.cache import CacheStorage, SiteCache
+from tlsedge.config.guard import GuardSettings, SiteGuardConfig
 
 OriginTls = Literal["flexible", "full", "strict"]
 Balance = Literal["round_robin", "least_requests", "power_of_two", "hash"]
@@ -49,6 +50,9 @@ class Limits:
     send_timeout: float = 60.0  # max time a client may leave a response unread (its window full); then closed
     handshake_timeout: float = 10.0  # TLS handshake must finish within this
     max_connections: int = 10_000  # per worker; further connections are closed at accept
+    max_connections_per_ip: int = 0  # open connections per client address, all workers together; 0: no limit
+    connection_rate_per_ip: float = 0.0  # new connections per second per client address (GCRA); 0: no limit
+    connection_burst_per_ip: int = 0  # how many may come at once above the rate; 0: as many as the rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +260,7 @@ class SiteConfig:
     max_body_size: int = 100 * 1024 * 1024  # request body limit; over it -> 413; 0 = unlimited
     origin: OriginTimeouts = field(default_factory=OriginTimeouts)
     cache: SiteCache = field(default_factory=SiteCache)
+    guard: SiteGuardConfig = field(default_factory=SiteGuardConfig)
 
     @property
     def serves_https(self) -> bool:
@@ -282,6 +287,7 @@ class Config:
     server: ServerConfig
     sites: tuple[SiteConfig, ...]
     cache: CacheStorage = field(default_factory=CacheStorage)
+    guard: GuardSettings = field(default_factory=GuardSettings)
     warnings: tuple[str, ...] = ()  # things that work but deserve the operator's attention (logged at start)
 
     def site(self, name: str) -> SiteConfig:

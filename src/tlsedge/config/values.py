@@ -421,3 +421,4 @@ def parse_hash_on(text: str) -> tuple[HashSource, str | None]:
     options = ", ".join(repr(s) for s in _HASH_SOURCES)
     hint = "" if sep else suggest(text, ("client_ip", "uri"))
     raise ValueError(f"{text!r} is not one of {options}{hint}; e.g. 'header:X-User' or 'cookie:session'")
+

@@ -23,6 +23,8 @@ from tlsedge.control.certmanager import needs_certmanager, run_certmanager
 from tlsedge.control.listeners import ListenerSet
 from tlsedge.control.monitor import run_monitor
 from tlsedge.edge.worker import RETIRE_SIGNAL, run_worker
+from tlsedge.guard.runtime import shared_table, waf_problems
+from tlsedge.guard.shared import SharedTable
 from tlsedge.pipeline.site import UpstreamSetup
 from tlsedge.pki.temporary import ensure_temporary
 from tlsedge.store import Store, StoreError, open_store
@@ -77,6 +79,7 @@ class Supervisor:
         self.crashes = 0
         self.last_crash = 0.0
         self.aux_respawn_at: dict[str, float] = {}
+        self.guard_table: SharedTable | None = None  # kept across reloads: counters survive a SIGHUP
 
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
@@ -111,7 +114,13 @@ class Supervisor:
         if config.server.https:
             keys = load_or_create_ticket_keys(config.server.state_dir)
             tls = build_tls_table(config, keys, _store_with_certificates(config))
-        return Generation(config, tls, sockets, _upstream_setup(config))
+        problems = waf_problems(config)
+        if problems:
+            raise TlsSetupError(problems)
+        upstream = _upstream_setup(config)
+        upstream.guard_table = shared_table(config, self.guard_table)
+        self.guard_table = upstream.guard_table or self.guard_table
+        return Generation(config, tls, sockets, upstream)
 
     def _spawn_all(self, generation: Generation) -> None:
         for _ in range(generation.config.server.workers):

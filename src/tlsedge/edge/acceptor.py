@@ -22,6 +22,7 @@ import os
 import socket
 import ssl
 from collections.abc import Callable
+from typing import Protocol
 
 from tlsedge.acme.answers import ACME_TLS_ALPN
 from tlsedge.tls.clienthello import NEED_MORE, Invalid, alert_record, parse_client_hello, unrecognized_name_alert
@@ -47,6 +48,7 @@ class PeekingTlsAcceptor:
         handshake_timeout: float,
         admit: Callable[[], bool],
         acme_answer: Callable[[str | None], ssl.SSLContext | None] | None = None,
+        peer: PeerAdmission | None = None,
     ) -> None:
         self.loop = loop
         self.sock = sock
@@ -55,7 +57,9 @@ class PeekingTlsAcceptor:
         self.handshake_timeout = handshake_timeout
         self.admit = admit
         self.acme_answer = acme_answer
+        self.peer = peer
         self.waiting: dict[socket.socket, float] = {}  # peeking sockets and their deadlines
+        self.admitted: dict[socket.socket, str] = {}  # sockets counted by `peer`, until HTTP owns them
         self.starting = 0  # connections in their TLS handshake
         self.accepting = False
         self.resume()
@@ -91,7 +95,7 @@ class PeekingTlsAcceptor:
     def _accept(self) -> None:
         for _ in range(_ACCEPT_BATCH):
             try:
-                conn, _ = self.sock.accept()
+                conn, address = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # e.g. EMFILE: keep serving the connections we have
@@ -100,6 +104,11 @@ class PeekingTlsAcceptor:
             if not self.admit():
                 conn.close()
                 continue
+            if self.peer is not None:
+                if not self.peer.admit(address[0]):
+                    conn.close()  # before a byte of TLS: denied, banned or over its per-address limits
+                    continue
+                self.admitted[conn] = address[0]
             conn.setblocking(False)
             self.waiting[conn] = self.loop.time() + self.handshake_timeout
             self.loop.add_reader(conn.fileno(), self._peek, conn)
@@ -125,7 +134,7 @@ class PeekingTlsAcceptor:
         del self.waiting[conn]
         if isinstance(hello, Invalid):
             log.info("closing connection that did not start with a TLS ClientHello: %s", hello.reason)
-            conn.close()
+            self._close(conn)
             return
         if self.acme_answer is not None and hello.alpn == (ACME_TLS_ALPN,):
             self._answer_acme(conn, hello.server_name)
@@ -133,7 +142,7 @@ class PeekingTlsAcceptor:
         if self.tls.site_for_name(hello.server_name) is None:
             with contextlib.suppress(OSError):
                 conn.send(unrecognized_name_alert())
-            conn.close()
+            self._close(conn)
             return
         self.loop.create_task(self._start_tls(conn))
 
@@ -145,7 +154,7 @@ class PeekingTlsAcceptor:
             log.info("TLS-ALPN-01 validation for %s, but no order awaits one: refused", server_name)
             with contextlib.suppress(OSError):
                 conn.send(alert_record(_NO_APPLICATION_PROTOCOL))
-            conn.close()
+            self._close(conn)
             return
         self.loop.create_task(self._start_tls(conn, ctx, _ValidationDone))
 
@@ -156,6 +165,13 @@ class PeekingTlsAcceptor:
     def _drop(self, conn: socket.socket) -> None:
         if self.waiting.pop(conn, None) is not None:
             self.loop.remove_reader(conn.fileno())
+        self._close(conn)
+
+    def _close(self, conn: socket.socket) -> None:
+        """Close a connection HTTP never got: its per-address count is given back here."""
+        ip = self.admitted.pop(conn, None)
+        if ip is not None:
+            self.peer.closed(ip)
         conn.close()
 
     async def _start_tls(
@@ -165,9 +181,19 @@ class PeekingTlsAcceptor:
         protocol_factory: Callable[[], asyncio.Protocol] | None = None,
     ) -> None:
         self.starting += 1
+        ip = self.admitted.pop(conn, None)
+        made: list[asyncio.Protocol] = []
+
+        def factory() -> asyncio.Protocol:
+            protocol = (protocol_factory or self.protocol_factory)()
+            if ip is not None and isinstance(protocol, CountedConnection):
+                protocol.counted_ip = ip  # its connection_lost gives the count back
+            made.append(protocol)
+            return protocol
+
         try:
             await self.loop.connect_accepted_socket(
-                protocol_factory or self.protocol_factory,
+                factory,
                 conn,
                 ssl=context or self.tls.context,
                 ssl_handshake_timeout=self.handshake_timeout,
@@ -175,8 +201,28 @@ class PeekingTlsAcceptor:
             )
         except (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError):
             conn.close()
+            if ip is not None and not (made and isinstance(made[0], CountedConnection) and made[0].opened):
+                self.peer.closed(ip)  # the handshake failed: HTTP never owned the connection
+        else:
+            if ip is not None and not (made and isinstance(made[0], CountedConnection)):
+                self.peer.closed(ip)  # a TLS-ALPN-01 validation: closed at once
         finally:
             self.starting -= 1
+
+
+class PeerAdmission(Protocol):
+    """Per-address admission at accept time (deny lists, bans, connection limits); `closed` once per admitted."""
+
+    def admit(self, ip: str) -> bool: ...
+
+    def closed(self, ip: str) -> None: ...
+
+
+class CountedConnection(asyncio.Protocol):
+    """A connection whose per-address count the acceptor took: it gives it back when it ends."""
+
+    counted_ip: str | None = None
+    opened = False  # connection_made ran: from then on, connection_lost gives the count back
 
 
 class _ValidationDone(asyncio.Protocol):

@@ -58,6 +58,8 @@ class AccessLog:
             record["route"] = ex.route.name
         if ex.cache is not None:
             record["cache"] = ex.cache.log_value()
+        if ex.decision is not None:
+            record["guard"] = ex.decision
         if ex.error:
             record["error"] = ex.error
         self._lines.append(json.dumps(record, separators=(",", ":")))

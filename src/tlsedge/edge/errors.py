@@ -18,11 +18,15 @@ _PAGE = (
 # What the client is told; the operator gets the precise reason in the error log.
 _TEXT: dict[int, str] = {
     400: "The request could not be understood.",
+    403: "The request was blocked by this site's security rules. If you think this is a mistake, give the "
+    "site's operator the request id below.",
     404: "Not found.",
+    405: "This method is not allowed here.",
     408: "The request took too long to arrive.",
     413: "The request body is too large.",
     414: "The request URI is too long.",
     421: "This server does not serve that host on this connection.",
+    429: "Too many requests; wait a little and try again.",
     431: "The request headers are too large.",
     499: "Client closed the request.",
     500: "The edge hit an internal error.",

@@ -8,6 +8,9 @@ if TYPE_CHECKING:
     from tlsedge.cache.fill import Fill
     from tlsedge.edge.cache_phase import CacheRequest, _Follower
     from tlsedge.edge.cache_reply import CacheReply
+    from tlsedge.edge.guard_phase import BodyWait
+    from tlsedge.guard.chain import GuardRequest
+    from tlsedge.guard.waf import RequestCheck
     from tlsedge.pipeline.routes import Route
     from tlsedge.pipeline.site import SiteRuntime
     from tlsedge.upstream.connection import OriginConnection
@@ -25,21 +28,25 @@ class Exchange:
         "attempts",
         "body_done",
         "body_limit",
+        "body_wait",
         "bytes_in",
         "bytes_out",
         "cache",
         "chunked_upload",
         "client_ip",
+        "decision",
         "error",
         "expect_continue",
         "fill",
         "finished",
         "follower",
         "group",
+        "guard_request",
         "has_body",
         "hash_key",
         "head",
         "headers",
+        "held",
         "host",
         "http10",
         "keep_alive",
@@ -55,6 +62,7 @@ class Exchange:
         "replay",
         "reply",
         "request_id",
+        "response_checked",
         "response_chunked",
         "response_started",
         "reused",
@@ -72,6 +80,8 @@ class Exchange:
         "tried",
         "tunnel",
         "upgrade",
+        "waf",
+        "waf_logged",
     )
 
     def __init__(self, request_id: str, start: float) -> None:
@@ -126,3 +136,10 @@ class Exchange:
         self.fill: Fill | None = None  # the response is being stored while it streams to this client
         self.follower: _Follower | None = None  # waiting for (or reading) the fill of another request
         self.reply: CacheReply | None = None  # the response comes from the cache
+        self.guard_request: GuardRequest | None = None  # set when the site's guard looked at the request
+        self.decision: str | None = None  # what the guard decided, for the access log (None: nothing to say)
+        self.body_wait: BodyWait | None = None  # the body is being collected for the guard's decision
+        self.waf: RequestCheck | None = None  # the WAF's transaction, kept for the response head (phase 3)
+        self.waf_logged = 0  # WAF matches already written to the error log
+        self.held: list[tuple[str, object]] | None = None  # origin events queued while the WAF checks the response
+        self.response_checked = False

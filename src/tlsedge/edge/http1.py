@@ -19,7 +19,8 @@ import httptools
 from tlsedge.acme.answers import HTTP01_PREFIX, http01_answer
 from tlsedge.cache.dates import format_http_date
 from tlsedge.cache.fill import DONE
-from tlsedge.edge import cache_phase
+from tlsedge.edge import cache_phase, guard_phase
+from tlsedge.edge.acceptor import CountedConnection
 from tlsedge.edge.errors import NO_ORIGIN_TEXT, REDIRECT_LOOP_TEXT, error_response, redirect_response, text_response
 from tlsedge.edge.exchange import Exchange
 from tlsedge.edge.flexible import redirects_to_itself
@@ -71,7 +72,7 @@ class Rejected(Exception):
         self.reason = reason
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(CountedConnection):
     """One client connection (TLS already terminated by the transport, or plain HTTP)."""
 
     def __init__(self, edge: Edge, tls: bool) -> None:
@@ -111,6 +112,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.opened = True
         edge = self.edge
         # While draining, a connection accepted before the listeners closed is still served (with Connection: close).
         if len(edge.clients) >= edge.limits.max_connections:
@@ -121,6 +123,13 @@ class ClientConnection(asyncio.Protocol):
         edge.connection_opened()
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "-"
+        if edge.peer is not None and not self.tls and peer:
+            # Plain HTTP: nothing was spent on the connection yet; TLS ones were admitted before their handshake.
+            if not edge.peer.admit(self.client_ip):
+                transport.abort()
+                self.closed = True
+                return
+            self.counted_ip = self.client_ip
         self.client_ip_bytes = self.client_ip.encode()
         self.trusted = edge.is_trusted(self.client_ip)
         if self.tls:
@@ -133,10 +142,15 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.counted_ip is not None:
+            self.edge.peer.closed(self.counted_ip)
+            self.counted_ip = None
         self.edge.clients.discard(self)
         ex = self.current
         if ex is not None and ex.cache is not None and not ex.finished:
             cache_phase.abandon(self, ex)
+        if ex is not None and ex.waf is not None:
+            guard_phase.finished(ex)
         if ex is not None and ex.tunnel:
             if ex.origin is not None:
                 ex.origin.close_tunnel()
@@ -368,6 +382,10 @@ class ClientConnection(asyncio.Protocol):
             raise Rejected(413, "request body larger than max_body_size")
         if ex.answered:
             return
+        if ex.body_wait is not None:
+            guard_phase.body_chunk(self, ex, body)
+            if ex.answered:
+                return
         if ex.chunked_upload:
             body = b"%x\r\n%s\r\n" % (len(body), body)
         origin = ex.origin
@@ -376,7 +394,7 @@ class ClientConnection(asyncio.Protocol):
         else:
             ex.pending.append(body)
             ex.pending_bytes += len(body)
-            if ex.pending_bytes > _PENDING_HIGH_WATER:
+            if ex.pending_bytes > _PENDING_HIGH_WATER and ex.body_wait is None:
                 self._pause(_PAUSE_PENDING)
 
     def _raw_body(self, data: bytes) -> bytes:
@@ -407,6 +425,9 @@ class ClientConnection(asyncio.Protocol):
                 ex.origin.write(b"0\r\n\r\n")
             else:
                 ex.pending.append(b"0\r\n\r\n")
+        if ex.body_wait is not None and not ex.answered:
+            guard_phase.body_end(self, ex)  # the guard's decision; an answer goes on to the next exchange itself
+            return
         if ex.finished:
             # The response went out before the body ended (an error, a redirect): now the connection can go on.
             self._next_exchange()
@@ -626,11 +647,32 @@ class ClientConnection(asyncio.Protocol):
             self.out.append(redirect_response(location, close=not ex.keep_alive, head_only=ex.method == b"HEAD"))
             self._finish(ex)
             return
+        if ex.site.guard is not None and guard_phase.begin(self, ex):
+            return  # answered by the guard, or waiting for the request body or the WAF
+        self.guard_passed(ex)
+
+    def guard_passed(self, ex: Exchange) -> None:
+        """The guard let the request through: on to the cache and the origin."""
+        if ex is not self.current or ex.finished or self.closed:
+            return
         if ex.site.cache is not None and ex.upgrade is None and cache_phase.begin(self, ex):
             return  # answered from the cache, or waiting for another request's fill
         if ex.expect_continue and ex.has_body and not ex.http10:  # RFC 9110 10.1.1: never to HTTP/1.0
             self.out.append(_CONTINUE)
         self._dispatch(ex)
+        if ex.guard_request is not None:
+            self.flush()  # called back from the WAF's thread: nothing else flushes
+
+    def guard_error(self, ex: Exchange, status: int, reason: str, extra: bytes) -> None:
+        self._answer(ex, status, reason, close=ex.has_body and not ex.body_done and ex.body_wait is None, extra=extra,
+                     logged=status < 500 or status == 503)
+
+    def guard_page(self, ex: Exchange, response: bytes) -> None:
+        """A page of the guard's own (challenge, password form) or its redirect, ready to write."""
+        ex.status = int(response[9:12])
+        ex.response_started = True
+        self.out.append(response)
+        self._finish(ex)
 
     def cache_forward(self, ex: Exchange) -> None:
         """A collapsed request that cannot share the other's response: it goes to the origin itself."""
@@ -779,6 +821,9 @@ class ClientConnection(asyncio.Protocol):
 
     def origin_head(self, conn: OriginConnection, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         ex = self.current
+        if ex.waf is not None and guard_phase.wants_response_check(ex):
+            guard_phase.hold_response(self, ex, conn, status, headers)  # replayed here once the WAF agrees
+            return
         ex.t_head = monotonic()
         ex.server.record_response(status, ex.t_head - ex.t_upstream)
         if 300 < status < 400 and self.tls and conn.pool.ssl_context is None and redirects_to_itself(headers, ex):
@@ -867,6 +912,9 @@ class ClientConnection(asyncio.Protocol):
 
     def origin_body(self, body: bytes) -> None:
         ex = self.current
+        if ex.held is not None:
+            ex.held.append(("body", body))
+            return
         if ex.fill is not None:
             ex.fill.add(body)
         ex.bytes_out += len(body)
@@ -879,6 +927,9 @@ class ClientConnection(asyncio.Protocol):
 
     def origin_done(self, conn: OriginConnection, reusable: bool) -> None:
         ex = self.current
+        if ex.held is not None:
+            ex.held.append(("done", reusable))
+            return
         ex.origin = None
         if ex.fill is not None:
             ex.fill.complete()
@@ -897,6 +948,9 @@ class ClientConnection(asyncio.Protocol):
     def origin_lost(self, conn: OriginConnection, reason: str) -> None:
         ex = self.current
         if ex is None or ex.origin is not conn:
+            return
+        if ex.held is not None:
+            ex.held.append(("lost", reason))
             return
         ex.origin = None
         if ex.tunnel:
@@ -927,6 +981,9 @@ class ClientConnection(asyncio.Protocol):
 
     def origin_timeout(self, conn: OriginConnection) -> None:
         ex = self.current
+        if ex is not None and ex.held is not None and ex.origin is conn:
+            ex.held.append(("timeout", None))
+            return
         conn.abort()
         if ex is None or ex.origin is not conn:
             return
@@ -1035,6 +1092,8 @@ class ClientConnection(asyncio.Protocol):
     def _finish(self, ex: Exchange) -> None:
         ex.finished = True
         ex.answered = True
+        if ex.waf is not None:
+            guard_phase.finished(ex)
         if ex.cache is not None and ex.follower is None:
             fill = ex.cache.fill
             if fill is not None and fill.state < DONE and ex.origin is None:

@@ -28,6 +28,9 @@ from tlsedge.edge.acceptor import PeekingTlsAcceptor, UvloopListener
 from tlsedge.edge.accesslog import AccessLog
 from tlsedge.edge.exchange import Exchange
 from tlsedge.edge.http1 import ClientConnection, deadline_timeouts
+from tlsedge.guard.admission import Admission
+from tlsedge.guard.chain import GuardServices
+from tlsedge.guard.runtime import build_guards, needs_admission
 from tlsedge.pipeline.router import HostRouter
 from tlsedge.pipeline.site import SiteRuntime, UpstreamSetup
 from tlsedge.store import Store, StoreError, open_store
@@ -105,6 +108,12 @@ class Edge:
                 site.enable_cache(self.cache)
             # Purges issued before this worker started found nothing of it in memory: only newer ones apply.
             self.purges_seen = {purge.id for purge in cache_purge.pending(self.store, set())}
+        self.guard: GuardServices | None = None
+        self.peer: Admission | None = None  # checks at accept time, before any TLS work
+        if setup.guard_table is not None:
+            self.guard = build_guards(config, self.store, setup.guard_table, self.sites)
+            if needs_admission(config):
+                self.peer = Admission(self.guard.global_rules, self.guard.bans, setup.guard_table, self.limits)
 
     def tls_alpn_answer(self, server_name: str | None) -> ssl.SSLContext | None:
         """The TLS-ALPN-01 validation context for a name, when an order awaits it (else None)."""
@@ -171,6 +180,8 @@ class Edge:
                 log.error("cannot look for new certificates: %s", exc)
         if self.origin_watch is not None:
             self.origin_watch.refresh(self.store)
+        if self.guard is not None:
+            self._follow_guard()
         if self.cache is not None:
             self._follow_purges()
             if self.sweeps % EVICT_EVERY == 0 and not self.evicting:
@@ -179,6 +190,16 @@ class Edge:
         self.sweeps += 1
         if self.sweeps % STATS_EVERY == 0:
             self.write_stats()
+
+    def _follow_guard(self) -> None:
+        """Bans made by other workers or the CLI, and rotated signing keys, apply within a sweep."""
+        guard = self.guard
+        guard.bans.refresh(time.time())
+        if guard.keys is not None:
+            try:
+                guard.keys.refresh(self.store)
+            except StoreError as exc:
+                log.error("cannot read the signing keys: %s", exc)
 
     def _follow_purges(self) -> None:
         """Apply purges published since the last sweep to this worker's memory tier, and say how many it removed."""
@@ -260,7 +281,7 @@ async def _serve(
     limits = config.server.limits
     for sock, is_tls in sockets:
         listener: PeekingTlsAcceptor | UvloopListener
-        if is_tls and (tls.site_for_name(None) is None or edge.tls_alpn_challenges):
+        if is_tls and (tls.site_for_name(None) is None or edge.tls_alpn_challenges or edge.peer is not None):
             # No default site: unknown names must get an unrecognized_name alert, which needs a look first; so do
             # ACME TLS-ALPN-01 validations (ALPN "acme-tls/1").
             listener = PeekingTlsAcceptor(
@@ -271,6 +292,7 @@ async def _serve(
                 limits.handshake_timeout,
                 lambda: not edge.draining and len(edge.clients) < limits.max_connections,
                 edge.tls_alpn_answer if edge.tls_alpn_challenges else None,
+                edge.peer,
             )
         elif is_tls:
             listener = UvloopListener(
@@ -336,6 +358,8 @@ async def _serve(
         conns.close_idle()
     edge.remove_stats()
     edge.access.close()
+    if edge.guard is not None and edge.guard.waf is not None:
+        edge.guard.waf.shutdown()
 
 
 def run_worker(

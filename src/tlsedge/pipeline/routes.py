@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
-from tlsedge.config.schema import HeaderEdits, RouteConfig
+if TYPE_CHECKING:
+    from tlsedge.config.schema import HeaderEdits, RouteConfig
 
 P = TypeVar("P")
 

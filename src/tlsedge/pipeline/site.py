@@ -15,6 +15,8 @@ from tlsedge.cache.generations import Generations
 from tlsedge.cache.runtime import CacheRuntime, SiteCacheRuntime
 from tlsedge.config.schema import PoolConfig, SiteConfig
 from tlsedge.edge.headers import HOP_BY_HOP
+from tlsedge.guard.chain import SiteGuard
+from tlsedge.guard.shared import SharedTable
 from tlsedge.pipeline.routes import RouteTable
 from tlsedge.upstream.group import ServerPool
 from tlsedge.upstream.pool import OriginPool
@@ -33,6 +35,7 @@ class UpstreamSetup:
     health_slots: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (site, pool, server) -> slot
     sticky_key: bytes = b""
     cache_generations: Generations | None = None  # shared invalidation counters (when a site caches)
+    guard_table: SharedTable | None = None  # counters the workers share (when any protection is on)
 
 
 class SiteRuntime:
@@ -42,6 +45,7 @@ class SiteRuntime:
         "cache",
         "config",
         "default_host",
+        "guard",
         "has_tls",
         "https_response_head",
         "max_body_size",
@@ -63,6 +67,7 @@ class SiteRuntime:
         self.redirect_http = config.redirect_http and self.has_tls
         self.max_body_size = config.max_body_size
         self.cache: SiteCacheRuntime | None = None  # set by the worker when the site's cache is on
+        self.guard: SiteGuard | None = None  # set by the worker when the site has protection on
         # Origin response fields never passed to clients: hop-by-hop ones, and the cache's targeted fields.
         self.response_skip = HOP_BY_HOP
         # Host sent to the origin for a request that had none (HTTP/1.0): a real name, never a "*." pattern.
