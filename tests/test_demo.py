@@ -66,7 +66,7 @@ def test_demo_smoke(tmp_path: Path) -> None:
     ):
         assert line in out, f"missing printed line {line!r} in:\n{out}"
     results = [line.split()[:2] for line in out.splitlines() if line.startswith(("ok ", "FAIL"))]
-    assert results == [["ok", "200"], ["ok", "200"], ["ok", "200"], ["ok", "200"], ["ok", "308"]], out
+    assert results == [["ok", "200"], ["ok", "200"], ["ok", "200"], ["ok", "403"], ["ok", "200"], ["ok", "308"]], out
 
     # Everything was stopped: no child still holds a port.
     for port in (https, http, blog, shop):
@@ -127,9 +127,9 @@ def test_config_is_valid_toml_with_the_demo_sites() -> None:
 
 def test_curl_lines_expectations(tmp_path: Path) -> None:
     checks = curl_checks(DemoFiles(tmp_path / "demo"), DemoPorts(1443, 1080, 1900, 1944))
-    assert [c.status for c in checks] == [200, 200, 200, 200, 308]
-    assert [c.origin for c in checks] == ["blog", "blog", "blog", "shop", None]
-    assert checks[4].location == "https://blog.example:1443/hello?from=http"
+    assert [c.status for c in checks] == [200, 200, 200, 403, 200, 308]
+    assert [c.origin for c in checks] == ["blog", "blog", "blog", None, "shop", None]
+    assert checks[5].location == "https://blog.example:1443/hello?from=http"
 
 
 # -- the echo origin ---------------------------------------------------------------------------------------------------

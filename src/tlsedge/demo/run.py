@@ -168,6 +168,9 @@ hsts = "max-age=31536000"
 [site.cache]
 enabled = true
 
+[site.waf]
+mode = "block"
+
 [[site]]
 name = "shop"
 hosts = ["shop.example"]
@@ -214,6 +217,11 @@ def curl_checks(files: DemoFiles, ports: DemoPorts) -> list[CurlCheck]:
             https("blog.example", "/static/demo"),
             200,
             "blog",
+        ),
+        CurlCheck(
+            "blog.example: an SQL injection is stopped by the WAF (ModSecurity + OWASP CRS) before the origin",
+            https("blog.example", "/search?q=1%27%20OR%201=1--"),
+            403,
         ),
         CurlCheck(
             "shop.example: HTTPS at the edge and verified HTTPS to origin.shop.example",

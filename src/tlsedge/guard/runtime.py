@@ -108,11 +108,14 @@ def build_guards(config: Config, store: Store, table: SharedTable, sites: dict) 
         keys = None
     bans = Bans(store, table)
     bans.refresh(time.time())
-    wafs = {
-        site.name: build_site_waf(waf_settings(site.guard.waf))
-        for site in config.sites
-        if site.guard.waf is not None and site.guard.waf.mode != "off"
-    }
+    built: dict[WafSettings, SiteWaf] = {}  # sites with the same settings share one rule set (~15 MB each)
+    wafs = {}
+    for site in config.sites:
+        if site.guard.waf is not None and site.guard.waf.mode != "off":
+            settings = waf_settings(site.guard.waf)
+            if settings not in built:
+                built[settings] = build_site_waf(settings)
+            wafs[site.name] = built[settings]
     runner = WafRunner(config.guard.waf_threads) if wafs else None
     services = GuardServices(config.guard, table, bans, keys, runner)
     for site in config.sites:
