@@ -38,16 +38,18 @@ _CSP = b"Content-Security-Policy: %s\r\n" % PAGE_CSP
 
 
 class BodyWait:
-    """A request body being collected for a decision: raw chunks (before any re-framing), up to ``limit`` bytes."""
+    """A request body the guard decides on, kept raw (before any re-framing) up to ``limit`` bytes from its first
+    byte on, also while the request waits behind another on the connection (pipelining)."""
 
-    __slots__ = ("chunks", "done", "limit", "over", "size")
+    __slots__ = ("chunks", "done", "form", "limit", "over", "size")
 
-    def __init__(self, limit: int, done: Callable[[], None]) -> None:
+    def __init__(self, limit: int, form: bool) -> None:
         self.chunks: list[bytes] = []
         self.size = 0
         self.limit = limit
+        self.form = form  # the password form, not a body for the WAF
         self.over = False  # more than `limit` bytes came; only the first `limit` are kept
-        self.done = done
+        self.done: Callable[[], None] | None = None  # set once the guard waits for the body
 
     def feed(self, data: bytes) -> bool:
         """Keep a chunk; True once enough has come for the decision."""
@@ -60,20 +62,64 @@ class BodyWait:
             self.size += len(data)
         return self.over
 
+    @property
+    def full(self) -> bool:
+        return self.size >= self.limit
+
+
+def prepare(ex: Exchange) -> None:
+    """At the end of a request head: whether the guard will need its body (the WAF's, or the password form)."""
+    guard = ex.site.guard
+    if ex.method == b"POST" and guard.passwords and ex.target.partition(b"?")[0] == _PASSWORD_SUBMIT:
+        ex.body_wait = BodyWait(MAX_FORM_BYTES, True)
+    elif guard.waf is not None:
+        ex.body_wait = BodyWait(guard.waf.settings.body_limit, False)
+
 
 def begin(conn: ClientConnection, ex: Exchange) -> bool:
     """Run the site's guard on a request whose head has arrived; True when the guard took it over."""
     guard = ex.site.guard
     req = GuardRequest(conn.client_ip, ex.method, ex.target, ex.headers, conn.tls)
     ex.guard_request = req
-    if req.path == _PASSWORD_SUBMIT and ex.method == b"POST" and ex.has_body and not ex.body_done:
-        _collect(conn, ex, MAX_FORM_BYTES, lambda: _after_form(conn, ex))
+    wait = ex.body_wait
+    if wait is not None and wait.form:
+        _when_body(conn, ex, lambda: _after_form(conn, ex))
         return True
     outcome = guard.check(req)
     if outcome is not None:
         answer(conn, ex, outcome)
         return True
     return _inspect(conn, ex)
+
+
+def _when_body(conn: ClientConnection, ex: Exchange, then: Callable[[], None]) -> None:
+    """Call ``then`` once the body (or its first ``limit`` bytes) is here: now, or from the parser's callbacks."""
+    wait = ex.body_wait
+    if ex.body_done or wait.over:
+        then()
+        return
+    wait.done = then
+    if ex.expect_continue and not ex.http10:
+        conn.out.append(_CONTINUE)  # RFC 9110 10.1.1: the client waits for it before sending the body
+        ex.expect_continue = False
+
+
+def body_chunk(conn: ClientConnection, ex: Exchange, data: bytes) -> None:
+    """A piece of the body of a request the guard decides on (called by the connection's parser)."""
+    wait = ex.body_wait
+    if wait.feed(data) and wait.done is not None:
+        then, wait.done = wait.done, None
+        then()
+
+
+def body_end(conn: ClientConnection, ex: Exchange) -> bool:
+    """The body ended; True when the guard was waiting for it (and has now taken its decision)."""
+    wait = ex.body_wait
+    if wait is None or wait.done is None:
+        return False
+    then, wait.done = wait.done, None
+    then()
+    return True
 
 
 def _after_form(conn: ClientConnection, ex: Exchange) -> None:
@@ -116,42 +162,21 @@ def _inspect(conn: ClientConnection, ex: Exchange) -> bool:
     if waf is None:
         return False
     settings = waf.settings
-    if ex.has_body and not ex.body_done:
+    if ex.body_wait is not None:
         length = _content_length(ex.headers)
         if (settings.over_limit == "reject" and settings.mode == "block" and length is not None
                 and length > settings.body_limit):
+            ex.body_wait = None
             answer(conn, ex, Outcome(413, "waf-body-limit", "request body over the WAF's body_limit"))
             return True
-        _collect(conn, ex, settings.body_limit, lambda: _body_ready(conn, ex))
+        _when_body(conn, ex, lambda: _body_ready(conn, ex))
         return True
     _start_waf(conn, ex, [])
     return True
 
 
-def _collect(conn: ClientConnection, ex: Exchange, limit: int, done: Callable[[], None]) -> None:
-    ex.body_wait = BodyWait(limit, done)
-    if ex.expect_continue and not ex.http10:
-        conn.out.append(_CONTINUE)  # RFC 9110 10.1.1: the client waits for it before sending the body
-        ex.expect_continue = False
-
-
-def body_chunk(conn: ClientConnection, ex: Exchange, data: bytes) -> None:
-    """A piece of the body of a request whose decision waits for it (called by the connection's parser)."""
-    wait = ex.body_wait
-    if wait.feed(data):
-        wait.done()
-
-
-def body_end(conn: ClientConnection, ex: Exchange) -> None:
-    wait = ex.body_wait
-    if wait is not None:
-        wait.done()
-
-
 def _body_ready(conn: ClientConnection, ex: Exchange) -> None:
     wait = ex.body_wait
-    if wait is None:
-        return
     ex.body_wait = None
     settings = ex.site.guard.waf.settings
     if wait.over and settings.over_limit == "reject" and settings.mode == "block":
@@ -296,7 +321,7 @@ def answer(conn: ClientConnection, ex: Exchange, outcome: Outcome) -> None:
 
 def _page(ex: Exchange, outcome: Outcome) -> bytes:
     body = outcome.body
-    close = not ex.keep_alive or (ex.has_body and not ex.body_done and ex.body_wait is None)
+    close = not ex.keep_alive or (ex.has_body and not ex.body_done)
     head = b"".join(
         (
             status_line(outcome.status),

@@ -367,6 +367,8 @@ class ClientConnection(CountedConnection):
         if version != "1.1" and not ex.http10:
             raise Rejected(505 if version.startswith(("2", "3")) else 400, f"unsupported HTTP version {version}")
         self._prepare(ex)
+        if ex.has_body and ex.reject is None and ex.site.guard is not None:
+            guard_phase.prepare(ex)
         self._arm(_BODY if ex.has_body else _WAIT)
         if self.current is None:
             self.current = ex
@@ -394,7 +396,7 @@ class ClientConnection(CountedConnection):
         else:
             ex.pending.append(body)
             ex.pending_bytes += len(body)
-            if ex.pending_bytes > _PENDING_HIGH_WATER and ex.body_wait is None:
+            if ex.pending_bytes > _PENDING_HIGH_WATER and (ex.body_wait is None or ex.body_wait.full):
                 self._pause(_PAUSE_PENDING)
 
     def _raw_body(self, data: bytes) -> bytes:
@@ -425,9 +427,8 @@ class ClientConnection(CountedConnection):
                 ex.origin.write(b"0\r\n\r\n")
             else:
                 ex.pending.append(b"0\r\n\r\n")
-        if ex.body_wait is not None and not ex.answered:
-            guard_phase.body_end(self, ex)  # the guard's decision; an answer goes on to the next exchange itself
-            return
+        if ex.body_wait is not None and not ex.answered and guard_phase.body_end(self, ex):
+            return  # the guard took its decision; an answer goes on to the next exchange itself
         if ex.finished:
             # The response went out before the body ended (an error, a redirect): now the connection can go on.
             self._next_exchange()
@@ -649,22 +650,24 @@ class ClientConnection(CountedConnection):
             return
         if ex.site.guard is not None and guard_phase.begin(self, ex):
             return  # answered by the guard, or waiting for the request body or the WAF
-        self.guard_passed(ex)
+        self._proceed(ex)
 
     def guard_passed(self, ex: Exchange) -> None:
-        """The guard let the request through: on to the cache and the origin."""
-        if ex is not self.current or ex.finished or self.closed:
-            return
+        """The guard let the request through after waiting (for the body or the WAF's threads)."""
+        if ex is self.current and not ex.finished and not self.closed:
+            self._proceed(ex)
+            self.flush()
+
+    def _proceed(self, ex: Exchange) -> None:
+        """On to the cache and the origin."""
         if ex.site.cache is not None and ex.upgrade is None and cache_phase.begin(self, ex):
             return  # answered from the cache, or waiting for another request's fill
         if ex.expect_continue and ex.has_body and not ex.http10:  # RFC 9110 10.1.1: never to HTTP/1.0
             self.out.append(_CONTINUE)
         self._dispatch(ex)
-        if ex.guard_request is not None:
-            self.flush()  # called back from the WAF's thread: nothing else flushes
 
     def guard_error(self, ex: Exchange, status: int, reason: str, extra: bytes) -> None:
-        self._answer(ex, status, reason, close=ex.has_body and not ex.body_done and ex.body_wait is None, extra=extra,
+        self._answer(ex, status, reason, close=ex.has_body and not ex.body_done, extra=extra,
                      logged=status < 500 or status == 503)
 
     def guard_page(self, ex: Exchange, response: bytes) -> None:
