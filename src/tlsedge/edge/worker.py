@@ -31,6 +31,7 @@ from tlsedge.edge.http1 import ClientConnection, deadline_timeouts
 from tlsedge.guard.admission import Admission
 from tlsedge.guard.chain import GuardServices
 from tlsedge.guard.runtime import build_guards, needs_admission
+from tlsedge.guard.signing import load_or_create as load_signing_keys
 from tlsedge.pipeline.router import HostRouter
 from tlsedge.pipeline.site import SiteRuntime, UpstreamSetup
 from tlsedge.store import Store, StoreError, open_store
@@ -195,11 +196,18 @@ class Edge:
         """Bans made by other workers or the CLI, and rotated signing keys, apply within a sweep."""
         guard = self.guard
         guard.bans.refresh(time.time())
-        if guard.keys is not None:
-            try:
+        try:
+            if guard.keys is None:
+                guard.keys = load_signing_keys(self.store)
+            else:
                 guard.keys.refresh(self.store)
-            except StoreError as exc:
-                log.error("cannot read the signing keys: %s", exc)
+        except StoreError as exc:
+            if guard.store_ok:
+                log.error("cannot read the signing keys: %s; password and challenge pages answer 503 until "
+                          "the store is readable again", exc)
+            guard.store_ok = False
+        else:
+            guard.store_ok = True
 
     def _follow_purges(self) -> None:
         """Apply purges published since the last sweep to this worker's memory tier, and say how many it removed."""

@@ -73,6 +73,7 @@ class GuardServices:
         self.table = table
         self.bans = bans
         self.keys = keys  # None: the store could not be read; pages that need a signature fail closed
+        self.store_ok = keys is not None  # the last look at the store for new keys worked
         self.waf = waf
         self.global_rules = IpRules(settings.ip_rules.allow, settings.ip_rules.deny)
         self.global_policy = ban_policy(settings.bans) if settings.bans is not None else None
@@ -210,7 +211,10 @@ class SiteGuard:
         return Outcome(404, "guard-page", f"no page of the edge at {path[:64]}")
 
     def _keys(self) -> SigningKeys | None:
-        return self.services.keys
+        """The signing keys, or None while the store cannot be read: password and challenge pages fail closed
+        then (a key rotated or dropped meanwhile would go unnoticed, and a revoked cookie would still open)."""
+        services = self.services
+        return services.keys if services.store_ok else None
 
     def _first_use(self, token_id: bytes, expires_at: float) -> bool:
         """Challenges and waiting tickets are single-use across the workers (namespace "c" of the shared table)."""
