@@ -1,8 +1,9 @@
 """Audit of issues 2 and 3: "a TOML config ... documented field by field in docs/configuration.md", "limits with
-documented defaults", and the same for origin pools, health checks, outlier detection, sticky sessions and routes.
+documented defaults", and the same for origin pools, health checks, outlier detection, sticky sessions, routes, the
+cache (issue 5) and the protection tables (issue 6).
 Every key the loader accepts has a row in the section of the documentation that describes its table, every row there
-is a key the loader accepts, and every documented default, read through the loader's own reader, is the default the
-code really uses."""
+is a key the loader accepts, and every documented default, read through the loader's own reader (or written into a
+file and loaded, for tables read by functions rather than reader dicts), is the default the code really uses."""
 
 from __future__ import annotations
 
@@ -17,6 +18,24 @@ import pytest
 
 from tlsedge.config import cache as cache_config
 from tlsedge.config import load_config
+from tlsedge.config.guard import (
+    BAN_KEYS,
+    BYPASS_KEYS,
+    CHALLENGE_KEYS,
+    GUARD_KEYS,
+    IP_RULES_KEYS,
+    PASSWORD_KEYS,
+    RATE_LIMIT_KEYS,
+    WAF_EXCLUSION_KEYS,
+    WAF_KEYS,
+    BanConfig,
+    ChallengeConfig,
+    GuardSettings,
+    IpRulesConfig,
+    PasswordPath,
+    RateLimitConfig,
+    WafConfig,
+)
 from tlsedge.config.load import (
     _ACME_KEYS,
     _CERTIFICATE_KEYS,
@@ -29,6 +48,7 @@ from tlsedge.config.load import (
     _POOL_KEYS,
     _POOL_SERVER,
     _POOL_SERVER_KEYS,
+    _ROOT_KEYS,
     _ROUTE_KEYS,
     _SERVER_KEYS,
     _SITE_ACME_KEYS,
@@ -61,7 +81,18 @@ TABLE_SECTIONS = {
     "outlier": "[site.pool.outlier]",
     "cache": "[site.cache]",
     "rule": "[[site.cache.rule]]",
+    "waf": "[site.waf]",
+    "exclusion": "[[site.waf.exclusion]]",
+    "rate_limit": "[[site.rate_limit]]",
+    "ip_rules": "[site.ip_rules]",
+    "bans": "[site.bans]",
+    "challenge": "[site.challenge]",
+    "bypass": "[[site.challenge.bypass]]",
+    "password": "[[site.password]]",
 }
+# The tables of the file's top level, by the heading code of their section.
+ROOT_SECTIONS = {"server": "[server]", "acme": "[acme]", "cache": "[cache]", "guard": "[guard]",
+                 "ip_rules": "[ip_rules]", "bans": "[bans]", "site": "[[site]]"}
 # Each table the loader reads, by the heading code of its section, with the keys it accepts.
 SECTIONS: dict[str, Collection[str]] = {
     "[server]": _SERVER_KEYS,
@@ -82,6 +113,17 @@ SECTIONS: dict[str, Collection[str]] = {
     "[cache]": cache_config.STORAGE_KEYS,
     "[site.cache]": cache_config.SITE_KEYS,
     "[[site.cache.rule]]": cache_config.RULE_KEYS,
+    "[guard]": GUARD_KEYS,
+    "[ip_rules]": IP_RULES_KEYS,
+    "[bans]": BAN_KEYS,
+    "[site.waf]": WAF_KEYS,
+    "[[site.waf.exclusion]]": WAF_EXCLUSION_KEYS,
+    "[[site.rate_limit]]": RATE_LIMIT_KEYS,
+    "[site.ip_rules]": IP_RULES_KEYS,
+    "[site.bans]": BAN_KEYS,
+    "[site.challenge]": CHALLENGE_KEYS,
+    "[[site.challenge.bypass]]": BYPASS_KEYS,
+    "[[site.password]]": PASSWORD_KEYS,
 }
 # Defaults to check: (section, schema class, the loader's readers of that table).
 DEFAULTS: list[tuple[str, type, dict[str, Callable[[_Table, str], Any]]]] = [
@@ -93,6 +135,8 @@ DEFAULTS: list[tuple[str, type, dict[str, Callable[[_Table, str], Any]]]] = [
     ("[site.pool.health]", HealthCheck, _HEALTH),
     ("[site.pool.outlier]", OutlierDetection, _OUTLIER),
 ]
+# Defaults that mean "off" and have no value a file could give (a rate of 0 is refused): documented in words.
+UNWRITTEN_DEFAULTS = {("[server.limits]", "connection_rate_per_ip")}
 
 
 def _sections() -> dict[str, dict[str, list[str]]]:
@@ -153,7 +197,7 @@ def _read(reader: Callable[[_Table, str], Any], key: str, value: Any) -> Any:
         (section, cls, field.name, readers[field.name])
         for section, cls, readers in DEFAULTS
         for field in dataclasses.fields(cls)
-        if field.name in readers and field.default is not None
+        if field.name in readers and field.default is not None and (section, field.name) not in UNWRITTEN_DEFAULTS
     ],
 )
 def test_documented_defaults_are_the_real_defaults(section, cls, key, reader):
@@ -173,9 +217,17 @@ def test_defaults_that_are_absent_are_documented_as_such():
     """Settings whose default is "not set" must not show a value the loader would read as something else."""
     for section, cls, readers in DEFAULTS:
         for field in dataclasses.fields(cls):
-            if field.name in readers and field.default is None:
+            if field.name in readers and (field.default is None or (section, field.name) in UNWRITTEN_DEFAULTS):
                 cell = SECTION_ROWS[section][field.name][1]
                 assert not cell.startswith("`"), (section, field.name, cell)
+    assert not Limits().connection_rate_per_ip, "connection_rate_per_ip is documented as off by default"
+
+
+def test_root_tables_have_their_sections():
+    """Every table the loader accepts at the top of the file has a section of its own."""
+    assert set(ROOT_SECTIONS) == set(_ROOT_KEYS)
+    for section in ROOT_SECTIONS.values():
+        assert section in SECTION_ROWS, f"docs/configuration.md has no section headed `{section}`"
 
 
 def test_documented_acme_defaults_are_the_real_defaults(tmp_path):
@@ -236,3 +288,76 @@ def _toml(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     return str(value)
+
+
+# --- the protection tables (issue 6): read by loader functions, so their defaults are checked by loading a file ----
+
+_HASH = "scrypt$16384$8$1$ySviKqawKyiq1v97JEBkOQ$y44Yg6-UFuXNbKkstA1oCp7V-y74IPGIv01ehZDleuI"
+# Per table: values it needs besides its defaults, keys whose default is described in words (no TOML value), where the
+# loaded table is found in the configuration, and what it must equal.
+GUARD_TABLES: dict[str, tuple[dict[str, Any], frozenset[str], Callable[[Any], Any], Any]] = {
+    "[guard]": ({}, frozenset(), lambda c: c.guard, GuardSettings()),
+    "[ip_rules]": ({}, frozenset(), lambda c: c.guard.ip_rules, IpRulesConfig()),
+    "[bans]": ({}, frozenset(), lambda c: c.guard.bans, dataclasses.replace(BanConfig(), scope="global")),
+    "[site.waf]": ({}, frozenset(), lambda c: c.sites[0].guard.waf, WafConfig()),
+    "[[site.rate_limit]]": (
+        {"rate": "10/s"},
+        frozenset({"name", "burst", "methods"}),
+        lambda c: c.sites[0].guard.rate_limits,
+        (RateLimitConfig(name="rule0", key="ip", rate=10.0, burst=10),),
+    ),
+    "[site.ip_rules]": ({}, frozenset(), lambda c: c.sites[0].guard.ip_rules, IpRulesConfig()),
+    "[site.bans]": ({}, frozenset(), lambda c: c.sites[0].guard.bans, BanConfig()),
+    "[site.challenge]": ({}, frozenset(), lambda c: c.sites[0].guard.challenge, ChallengeConfig()),
+    "[[site.password]]": (
+        {"path_prefix": "/p/", "password_hash": _HASH},
+        frozenset(),
+        lambda c: c.sites[0].guard.passwords,
+        (PasswordPath(path_prefix="/p/", password_hash=_HASH),),
+    ),
+}
+# Tables whose every key is required: no default to check, and the docs must say so.
+GUARD_REQUIRED_ONLY = ("[[site.waf.exclusion]]", "[[site.challenge.bypass]]")
+
+
+def _load_guard_table(tmp_path: Path, section: str, values: dict[str, Any]) -> Any:
+    """``values`` written as the table headed ``section`` (root or site level, as its heading says) and loaded."""
+    table = [section, *(f"{key} = {_toml(value)}" for key, value in values.items())]
+    site = section.strip("[]").startswith("site.")
+    text = [f'[server]\nstate_dir = "{tmp_path}"\nhttp = ["127.0.0.1:8080"]']
+    if not site:
+        text += table
+    text.append('[[site]]\nname = "s"\nhosts = ["s.example"]\norigins = ["http://127.0.0.1:9"]')
+    if site:
+        text += table
+    path = tmp_path / "guard.toml"
+    path.write_text("\n".join(text) + "\n")
+    return load_config(path)
+
+
+@pytest.mark.parametrize("section", GUARD_TABLES)
+def test_documented_guard_defaults(section, tmp_path):
+    """Every default a protection table documents, written into a file and loaded, is what the code uses: the same
+    as the table written empty (with only what it requires), and the dataclass's own default."""
+    required, in_words, part, expected = GUARD_TABLES[section]
+    documented = {}
+    for key in SECTION_ROWS[section]:
+        try:
+            documented[key] = _documented_default(section, key)
+        except tomllib.TOMLDecodeError:
+            continue  # "required", "none", or a default described in words
+    inner = section.strip("[]") + "."
+    tables = {key for key in SECTIONS[section] if TABLE_SECTIONS.get(key, "").strip("[]").startswith(inner)}
+    assert set(documented) == set(SECTIONS[section]) - tables - in_words - set(required), (
+        "keys whose documented default is not a value, or should not be one", section, sorted(documented))
+    for key in required:
+        assert SECTION_ROWS[section][key][1] == "required", (section, key)
+    loaded = part(_load_guard_table(tmp_path, section, {**documented, **required}))
+    assert loaded == part(_load_guard_table(tmp_path, section, required))
+    assert loaded == expected
+
+
+@pytest.mark.parametrize("section", GUARD_REQUIRED_ONLY)
+def test_required_guard_keys_are_documented_as_required(section):
+    assert {key: cells[1] for key, cells in SECTION_ROWS[section].items()} == dict.fromkeys(SECTIONS[section],
+                                                                                            "required")

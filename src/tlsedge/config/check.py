@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TextIO
 
+from tlsedge.guard.runtime import waf_problems
+
 from .errors import ConfigError
 from .load import load_config
 from .schema import Config
@@ -18,6 +20,12 @@ def run_check(path: Path, out: TextIO) -> int:
         for problem in exc.problems:
             print(problem, file=out)
         print(f"{_count(len(exc.problems), 'problem')} found", file=out)
+        return 1
+    problems = waf_problems(config)  # the rule files are parsed by ModSecurity itself, as a start would
+    if problems:
+        for problem in problems:
+            print(problem, file=out)
+        print(f"{_count(len(problems), 'problem')} found", file=out)
         return 1
     for warning in config.warnings:
         print(f"warning: {warning}", file=out)

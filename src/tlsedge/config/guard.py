@@ -187,7 +187,11 @@ def load_guard_settings(root: _Table) -> GuardSettings:
     raw = root.table("guard")
     if raw is not None:
         t = root.child(raw, "guard", GUARD_KEYS)
-        values["table_slots"] = t.integer("table_slots", 1024, 1 << 24)
+        slots = t.integer("table_slots", 1024, 1 << 24)
+        if slots is not None and slots & (slots - 1):
+            t.problem("table_slots", f"must be a power of two (e.g. {1 << slots.bit_length()}), not {slots}")
+            slots = None
+        values["table_slots"] = slots
         values["waf_threads"] = t.integer("waf_threads", 1, 64)
     values["ip_rules"] = load_ip_rules(root, "ip_rules")
     values["bans"] = load_bans(root, "bans", default_scope="global")
@@ -401,12 +405,20 @@ def _challenge(t: _Table) -> ChallengeConfig | None:
     values: dict[str, Any] = {
         "mode": c.choice("mode", CHALLENGE_MODES),
         "difficulty": c.integer("difficulty", 1, 32),
-        "cookie_ttl": c.duration("cookie_ttl"),
+        "cookie_ttl": _bounded(c, "cookie_ttl", 366 * 86400.0, "366 days"),
         "exempt_paths": None if exempt is None else tuple(text for _, text in exempt if text.startswith("/")),
-        "noscript_delay": c.duration("noscript_delay"),
+        "noscript_delay": _bounded(c, "noscript_delay", 3600.0, "an hour"),
         "bypass": _bypasses(c),
     }
     return ChallengeConfig(**{key: value for key, value in values.items() if value is not None})
+
+
+def _bounded(t: _Table, key: str, limit: float, words: str) -> float | None:
+    value = t.duration(key)
+    if value is not None and value > limit:
+        t.problem(key, f"must be at most {words}")
+        return None
+    return value
 
 
 def _bypasses(c: _Table) -> tuple[ChallengeBypass, ...]:
@@ -440,7 +452,7 @@ def _passwords(t: _Table) -> tuple[PasswordPath, ...]:
         if not p.require("password_hash", "create one with `tlsedge password-hash` and paste it here"):
             continue
         stored = p.parsed("password_hash", parse_password_hash)
-        ttl = p.duration("cookie_ttl")
+        ttl = _bounded(p, "cookie_ttl", 366 * 86400.0, "366 days")
         if prefix is None or stored is None:
             continue
         if prefix in seen:

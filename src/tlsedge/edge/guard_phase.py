@@ -81,13 +81,13 @@ def begin(conn: ClientConnection, ex: Exchange) -> bool:
     guard = ex.site.guard
     req = GuardRequest(conn.client_ip, ex.method, ex.target, ex.headers, conn.tls)
     ex.guard_request = req
-    wait = ex.body_wait
-    if wait is not None and wait.form:
-        _when_body(conn, ex, lambda: _after_form(conn, ex))
-        return True
     outcome = guard.check(req)
     if outcome is not None:
         answer(conn, ex, outcome)
+        return True
+    wait = ex.body_wait
+    if wait is not None and wait.form:
+        _when_body(conn, ex, lambda: _after_form(conn, ex))
         return True
     return _inspect(conn, ex)
 
@@ -132,8 +132,7 @@ def _after_form(conn: ClientConnection, ex: Exchange) -> None:
         return
     req.body = b"".join(wait.chunks)
     guard = ex.site.guard
-    screened = guard.screen(req)  # deny lists and bans first; then the form itself
-    attempt = screened if isinstance(screened, Outcome) else guard.password_attempt(req)
+    attempt = guard.password_attempt(req)
     if isinstance(attempt, Outcome):
         answer(conn, ex, attempt)
         conn.flush()
@@ -230,13 +229,17 @@ def _request_checked(conn: ClientConnection, ex: Exchange, done: asyncio.Future)
         answer(conn, ex, Outcome(check.status or 403, "waf-block", f"WAF event {ex.request_id}"))
         conn.flush()
         return
-    if check.matches:
-        ex.decision = "waf-detect"
+    if check.matches:  # below the threshold, or detect mode: logged, let through
+        ex.decision = "waf-detect" if ex.site.guard.waf.settings.mode == "detect" else "waf-match"
     conn.guard_passed(ex)
 
 
 def wants_response_check(ex: Exchange) -> bool:
-    return not ex.response_checked and ex.site.guard.waf.settings.response_headers
+    """Whether the origin's response head waits for the WAF: only when the operator has rules of their own, since
+    the CRS has none for response heads (its response rules read bodies, which the edge does not inspect), and the
+    thread round trip would be spent for nothing on every response."""
+    settings = ex.site.guard.waf.settings
+    return not ex.response_checked and settings.response_headers and bool(settings.extra_rules)
 
 
 def hold_response(conn: ClientConnection, ex: Exchange, origin: OriginConnection, status: int,

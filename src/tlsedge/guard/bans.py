@@ -11,9 +11,10 @@ Where bans live, and why
 The store holds each ban under ``bans/<scope>/<ip>`` (JSON: ip, scope, reason, created, expires, count) with a TTL
 ending with the ban, and the repeat count under ``ban-counts/<scope>/<ip>``; every change publishes the topic
 ``bans``. Bans therefore survive restarts, are shared with the CLI (`list_bans`, `add_ban`, `remove_ban`), and reach
-the other workers at their next `Bans.refresh` (the one-second sweep). The check on the request path, `banned_any`,
-is a dictionary lookup in the worker's own copy: no store read per request. The worker that bans enforces its ban
-at once; if the store cannot be written, the ban is still enforced by that worker and the error logged.
+the other workers at their next `Bans.refresh` (the worker's sweep, twice a second). The check on the request
+path, `banned_any`, is a dictionary lookup in the worker's own copy: no store read per request. The worker that
+bans enforces its ban at once; if the store cannot be written, the ban is still enforced by that worker and the
+error logged.
 
 A scope is a site name or ``"*"`` (every site of the edge). Bans are per address, not per network: networks an
 operator wants kept out belong in the ``deny`` lists of `guard.iprules`, which are configuration, not reactions.

@@ -28,7 +28,7 @@ from tlsedge.guard.password import (
     read_password_form,
     verify_password_cookie,
 )
-from tlsedge.guard.ratelimit import RateLimiter, RateRule
+from tlsedge.guard.ratelimit import RateLimiter, RateRule, request_path
 from tlsedge.guard.shared import SharedTable
 from tlsedge.guard.signing import SigningKeys
 from tlsedge.guard.waf import SiteWaf, WafRunner
@@ -42,6 +42,9 @@ CHALLENGE_WAIT = "/.tlsedge/challenge/wait"
 PASSWORD_SUBMIT = "/.tlsedge/password"
 ACME_PREFIX = b"/.well-known/acme-challenge/"
 CHALLENGE_TTL = 300.0  # how long a challenge page's token may be solved
+# Password guesses per client address and site: 10 at once, then one every 6 seconds (each costs ~60 ms of scrypt).
+PASSWORD_INTERVAL = 6.0
+PASSWORD_BURST = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +96,8 @@ class GuardRequest:
         self.ip = ip
         self.method = method
         self.target = target
-        path, _, query = target.partition(b"?")
-        self.path = path
-        self.query = query
+        self.path = guard_path(target)
+        self.query = target.partition(b"?")[2]
         self.headers = headers
         self.secure = secure
         self.wall = time.time()  # one clock for the shared table, bans and signed expiries
@@ -125,6 +127,20 @@ class GuardRequest:
         return page.parse_query(self.query)
 
 
+def guard_path(target: bytes) -> bytes:
+    """The path as the guard compares it with its prefixes: every spelling an origin may read as the same path is
+    one (escapes of unreserved characters, dot-segments, encoded or back slashes, repeated slashes, ";" parameters),
+    so ``/%61dmin/``, ``//admin/`` or ``/admin;x/`` cannot walk past a password on ``/admin/``."""
+    path = request_path(target)
+    if b"%" in path or b"\\" in path:
+        path = path.replace(b"%2F", b"/").replace(b"%5C", b"/").replace(b"\\", b"/")
+    if b";" in path:
+        path = b"/".join(segment.split(b";", 1)[0] for segment in path.split(b"/"))
+    while b"//" in path:
+        path = path.replace(b"//", b"/")
+    return path
+
+
 class SiteGuard:
     """The chain of checks of one site (per worker)."""
 
@@ -135,7 +151,8 @@ class SiteGuard:
         self.waf = waf  # None: the WAF is off
         rules = config.ip_rules
         self.rules = IpRules.combine(services.global_rules, IpRules(rules.allow, rules.deny))
-        self.suspicious = IpRules([], rules.challenge) if rules.challenge else None
+        suspicious = services.settings.ip_rules.challenge + rules.challenge
+        self.suspicious = IpRules([], suspicious) if suspicious else None
         self.policy = ban_policy(config.bans) if config.bans is not None else services.global_policy
         self.ban_scope = "*" if self.policy is not None and self.policy.scope == "global" else site
         self.limiter = RateLimiter(
@@ -207,6 +224,8 @@ class SiteGuard:
         if path == CHALLENGE_WAIT:
             return self._verify_wait(req)
         if path == PASSWORD_SUBMIT and self.passwords:
+            if req.method == b"POST":
+                return None  # the form, read once its body is here (edge.guard_phase)
             return Outcome(405, "password", "the password form is sent with POST", None, b"Allow: POST\r\n")
         return Outcome(404, "guard-page", f"no page of the edge at {path[:64]}")
 
@@ -284,6 +303,8 @@ class SiteGuard:
         return None
 
     def _password(self, req: GuardRequest, allowed: bool) -> Outcome | None:
+        if req.path.startswith(OWN_PREFIX):
+            return None  # the password form itself, on a site protected from "/"
         entry = self._protecting(req.path)
         if entry is None:
             return None
@@ -308,9 +329,14 @@ class SiteGuard:
             return Outcome(400, "password", "malformed password form")
         password, back = form
         back = page.safe_return_path(back)
-        entry = self._protecting(back.encode("latin-1", "replace"))
+        entry = self._protecting(guard_path(back.encode("latin-1", "replace")))
         if entry is None:
             return Outcome(400, "password", "the password form names no protected path")
+        wait = self.services.table.gcra(b"pw\0%s\0%s" % (self.site.encode(), req.ip.encode()),
+                                        PASSWORD_INTERVAL, PASSWORD_BURST, req.wall)
+        if wait:
+            return Outcome(429, "password-limit", "too many password attempts", None,
+                           b"Retry-After: %d\r\n" % max(1, int(wait + 0.999)))
         return PasswordAttempt(entry, password, back)
 
     def password_outcome(self, req: GuardRequest, attempt: PasswordAttempt, right: bool) -> Outcome:

@@ -118,8 +118,9 @@ class IpRules:
     def combine(cls, global_rules: IpRules, site_rules: IpRules) -> IpRules:
         """The rules a site enforces: both lists of both, so an allow in either wins over a deny in either.
 
-        A site cannot deny what the edge-wide list allows (the operator's own networks), and the edge-wide list
-        cannot deny what a site allows (a site's own monitoring); everything else either list denies is denied.
+        A site cannot deny what the edge-wide list allows (the operator's own networks), and on the request path
+        the edge-wide list cannot deny what a site allows (a site's own monitoring). The edge-wide deny list is
+        also applied at accept time, before the site is known: there only the edge-wide allow list exempts.
         """
         return cls(global_rules.allow + site_rules.allow, global_rules.deny + site_rules.deny)
 

@@ -118,8 +118,6 @@ def build_guards(config: Config, store: Store, table: SharedTable, sites: dict) 
             wafs[site.name] = built[settings]
     runner = WafRunner(config.guard.waf_threads) if wafs else None
     services = GuardServices(config.guard, table, bans, keys, runner)
-    for site in config.sites:
-        if site.guard.active:
-            waf: SiteWaf | None = wafs.get(site.name)
-            sites[site.name].guard = SiteGuard(site.name, site.guard, services, waf)
+    for site in config.sites:  # every site: bans (also `tlsedge bans add --site`) apply to sites without protection
+        sites[site.name].guard = SiteGuard(site.name, site.guard, services, wafs.get(site.name))
     return services
