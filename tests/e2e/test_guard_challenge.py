@@ -4,12 +4,14 @@ Each client connection is fresh, so either worker may answer any request; client
 (127.0.0.x versus 127.0.1.x) to act as visitors on two different /24 networks. The challenge is read out of the page,
 solved with tests/guard/pow_solver.py and answered like the page's script would.
 
-Sites (all in front of one origin that answers every path with a page naming it):
+Sites (in front of one origin that answers every path with a page naming it, except ng):
   alpha  always, https + http, /public/ exempt, X-Api-Key bypass, no-JavaScript wait of 2 s
-  beta   always (its cookies must not open alpha)
+  beta   always, 127.0.4.0/24 on its allow list (its cookies must not open alpha)
   shorty always, cookies live 2 s
-  sus    suspicious: 127.0.3.0/24 is challenged, and a rate limit on /rl/ whose action is "challenge"
-  open   challenge table written, mode off
+  sus    suspicious: 127.0.3.0/24 (and the edge-wide [ip_rules] challenge, 127.0.6.9) is challenged, and a rate
+         limit on /rl/ whose action is "challenge"
+  open   mode off, and a rate limit on /rl-off/ whose action is "challenge"
+  ng     always, /public/ exempt, in front of a real nginx (which resolves dot-segments)
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ HERE = "127.0.0.5"  # the visitor
 NEIGHBOUR = "127.0.0.77"  # the same /24
 ELSEWHERE = "127.0.1.5"  # another /24
 SUSPICIOUS = "127.0.3.9"  # in sus's [site.ip_rules] challenge
+EDGE_WIDE_SUSPICIOUS = "127.0.6.9"  # in the edge-wide [ip_rules] challenge
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +71,7 @@ def _edge(tmp: Path, sites: list[dict], pki, **server: object) -> Iterator[Edge]
     with pytest.MonkeyPatch.context() as env:  # the bypass token is read from the edge's environment
         env.setenv(TOKEN_ENV, API_TOKEN)
         started = Edge(tmp, sites, pki.ca_pem, workers=2, **server)
+        started.write_config(started.config_text() + f'\n[ip_rules]\nchallenge = ["{EDGE_WIDE_SUSPICIOUS}/32"]\n')
         started.start()
     yield started
     started.stop()
@@ -265,10 +269,13 @@ def test_allow_list_skips_the_challenge(edge: Edge, origin: ScriptedOrigin) -> N
 
 def test_suspicious_mode_challenges_listed_addresses_only(edge: Edge, origin: ScriptedOrigin) -> None:
     _passes(edge, origin, SUS, "/sus/plain", source=HERE)
+    _passes(edge, origin, SUS, "/sus/neighbour", source="127.0.6.10")  # the edge-wide entry is one address
+    _challenged(edge, SUS, "/sus/edge-wide", source=EDGE_WIDE_SUSPICIOUS)
     _challenged(edge, SUS, "/sus/listed", source=SUSPICIOUS)
     cookie = f"{PASS_COOKIE}={cookie_for(edge, SUS, '/sus/listed', source=SUSPICIOUS)}"
     _passes(edge, origin, SUS, "/sus/listed", source=SUSPICIOUS, cookie=cookie)
-    assert [s.target for s in seen_paths(origin, "/sus/")] == ["/sus/plain", "/sus/listed"]
+    assert [s.target for s in seen_paths(origin, "/sus/")] == ["/sus/plain", "/sus/neighbour", "/sus/listed"]
+    _passes(edge, origin, OPEN, "/sus-off/x", source=EDGE_WIDE_SUSPICIOUS)  # a site with mode = "off" does not
 
 
 def test_rate_limit_with_challenge_action(edge: Edge, origin: ScriptedOrigin) -> None:
@@ -296,27 +303,26 @@ def test_always_challenges_everybody(edge: Edge) -> None:
 
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
 def test_exempt_and_acme_paths_are_never_challenged(edge: Edge, origin: ScriptedOrigin, tls: bool) -> None:
-    for path in ("/public/a.css", "/public/deep/b?c=d", "/.well-known/acme-challenge/token-123"):
+    # //public/ and /%70ublic/ are /public/ to an origin (merged slashes, decoded unreserved escapes)
+    for path in ("/public/a.css", "/public/deep/b?c=d", "/.well-known/acme-challenge/token-123", "//public/a.css",
+                 "/%70ublic/a.css"):
         _passes(edge, origin, ALPHA, path, source=ELSEWHERE, tls=tls)
-    for path in ("/publicity", "/Public/a.css", "//public/a.css", "/.well-known/other", "/public%2Fa.css",
-                 "/public%2F..%2Fsecret"):
+    for path in ("/publicity", "/Public/a.css", "/.well-known/other", "/public%2F..%2Fsecret", "/public/../secret"):
         assert is_challenge(fetch(edge, ALPHA, path, source=ELSEWHERE, tls=tls)), path
     assert not any("secret" in s.target or "publicity" in s.target for s in origin.seen)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG guard/chain.py SiteGuard._challenge: exempt prefixes (exempt_paths and the always-exempt "
-    "/.well-known/acme-challenge/) are compared with the raw path, so a dot-segment walks out of them: "
-    "GET /.well-known/acme-challenge/../../index.html reaches any page of an origin that resolves dot-segments "
-    "(nginx does) without a challenge. Should reject dot-segment paths (400, as pipeline/routes.py does) or match "
-    "on the normalised path"))
 @pytest.mark.parametrize("path", [
     "/.well-known/acme-challenge/../../index.html",
     "/.well-known/acme-challenge/%2e%2e/%2E%2E/index.html",
+    "/.well-known/acme-challenge/..%2f..%2findex.html",
+    "/.well-known/acme-challenge/..%5C..%5Cindex.html",
     "/public/../index.html",
+    "/public/./../index.html",
     "/public/..;/index.html",
 ])
 def test_dot_segments_do_not_walk_out_of_exempt_paths(edge: Edge, path: str) -> None:
+    """nginx resolves these to /index.html: the guard must see the same path, not the exempt prefix."""
     assert is_challenge(fetch(edge, "ng.example", "/index.html", source=ELSEWHERE))  # the page is protected
     response = fetch(edge, "ng.example", path, source=ELSEWHERE)
     assert b"nginx origin ok" not in response.body
@@ -384,10 +390,6 @@ def test_noscript_wait_then_cookie(edge: Edge, origin: ScriptedOrigin) -> None:
         "challenge-wait", "challenge-failed", "challenge-passed", "challenge-failed"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG guard/challenge/pow.py issue_wait_ticket: not_before = int(now + delay + 0.999) is up to a second later "
-    "than the wait page's meta refresh (chain._noscript gives wait_page the configured delay), so a browser that "
-    "refreshes after noscript_delay is told to wait again"))
 def test_noscript_ticket_is_ripe_when_the_page_refreshes(edge: Edge) -> None:
     challenge = read_challenge(fetch(edge, ALPHA, "/ns/ripe", source=HERE))
     time.sleep((1.1 - time.time() % 1.0) % 1.0)  # just after a whole second: the rounding, not luck, decides
@@ -395,8 +397,11 @@ def test_noscript_ticket_is_ripe_when_the_page_refreshes(edge: Edge) -> None:
     waiting = fetch(edge, ALPHA, challenge.noscript, source=HERE)
     refresh = re.search(rb'<meta http-equiv="refresh" content="(\d+);url=', waiting.body)
     assert refresh is not None
-    time.sleep(max(0.0, start + int(refresh.group(1)) + 0.05 - time.time()))  # what the browser does
+    due = start + int(refresh.group(1))
+    time.sleep(max(0.0, due + 0.05 - time.time()))  # what the browser does
     response = fetch(edge, ALPHA, wait_link(waiting), source=HERE)
+    if time.time() > due + 0.8:  # so late that a rounded-up ticket would be ripe too: this run proves nothing
+        pytest.skip("the machine was too slow to tell")
     assert response.status == 303, (response.status, response.body[:120])
 
 
@@ -411,13 +416,12 @@ def test_answers_and_replays_across_workers(edge: Edge) -> None:
         verified = fetch(edge, ALPHA, challenge.answer(), source=HERE)
         assert verified.status == 303, (worker_of(page), worker_of(verified))
         if worker_of(page) != worker_of(verified):
-            crossed = (challenge, verified)
+            crossed = challenge
             break
     assert crossed is not None, "every verify was answered by the worker that issued the page"
-    challenge, verified = crossed
     rejected_by = set()
-    for _ in range(40):
-        replay = fetch(edge, ALPHA, challenge.answer(), source=HERE)
+    for _ in range(40):  # the token was spent on one worker: every worker refuses it now
+        replay = fetch(edge, ALPHA, crossed.answer(), source=HERE)
         assert is_challenge(replay) and not replay.all("set-cookie")
         rejected_by.add(worker_of(replay))
         if len(rejected_by) == 2:

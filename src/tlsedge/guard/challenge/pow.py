@@ -136,10 +136,13 @@ def verify_solution(keys: SigningKeys, site: str, client_ip: str, token: str, no
 
 def issue_wait_ticket(keys: SigningKeys, site: str, client_ip: str, delay: float, now: float, *, ttl: float = 600,
                       v4_bits: int = V4_PREFIX, v6_bits: int = V6_PREFIX) -> WaitTicket:
-    """A ticket for a client without JavaScript: redeemable ``delay`` seconds from now, for ``ttl`` seconds more."""
+    """A ticket for a client without JavaScript: redeemable ``delay`` seconds from now, for ``ttl`` seconds more.
+
+    Its not-before is a whole second rounded down, so a page that refreshes after exactly ``delay`` seconds always
+    finds it good (a person waits at most ``delay``, a robot at least ``delay - 1``)."""
     if not 0 <= delay <= MAX_TTL:
         raise ValueError(f"a wait ticket's delay must be between 0 and {MAX_TTL} seconds, not {delay}")
-    not_before = int(now + delay + 0.999)
+    not_before = int(now + delay)
     expires = _expiry(not_before, ttl)
     token = _issue(keys, site, ip_prefix(client_ip, v4_bits, v6_bits), _KIND_WAIT, not_before, expires, 0)
     return WaitTicket(token, not_before, expires)
