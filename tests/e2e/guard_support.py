@@ -83,9 +83,12 @@ class EdgeFactory:
         self.edges: list[GuardEdge] = []
 
     def __call__(self, sites: list[dict[str, Any]], top: dict[str, dict[str, Any]] | None = None,
-                 start: bool = True, **server: Any) -> GuardEdge:
-        server.setdefault("https", [])
-        edge = GuardEdge(self.tmp / f"edge{len(self.edges)}", sites, self.ca_pem, top, **server)
+                 start: bool = True, https: bool = False, **server: Any) -> GuardEdge:
+        """An edge with plain HTTP only, or also an https listener (``https``: give the sites certificates)."""
+        edge = GuardEdge(self.tmp / f"edge{len(self.edges)}", sites, self.ca_pem, top, https=[], **server)
+        if https:
+            edge.server["https"] = [f"127.0.0.1:{edge.https_port}"]
+            edge.write_config()
         self.edges.append(edge)
         if start:
             edge.start()
@@ -187,35 +190,38 @@ def call(port: int, host: str, path: str = "/", method: str = "GET", headers: li
         return conn.request(method, path, host, [*(headers or []), ("Connection", "close")], body)
 
 
-def refused_at_accept(port: int, source: str, tls: bool = True, timeout: float = 3.0) -> bool:
+def refused_at_accept(port: int, source: str, host: str, tls: bool = True, timeout: float = 3.0) -> bool:
     """Whether a connection from ``source`` is closed by the edge before it answers anything: no TLS byte (no
-    ServerHello to our ClientHello) or, on plain HTTP, no byte to a complete request."""
+    ServerHello to our ClientHello for ``host``) or, on plain HTTP, no byte to a complete request. False when the
+    edge answers as it should (a TLS handshake record, an HTTP response); anything else fails the test."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
     try:
         if tls:
             ctx = ssl.create_default_context()
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
-            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-            tls_obj = ctx.wrap_bio(incoming, outgoing, server_hostname="guard.example")
+            tls_obj = ctx.wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), server_hostname=host)
             with contextlib.suppress(ssl.SSLWantReadError):
                 tls_obj.do_handshake()
-            try:
-                sock.sendall(outgoing.read())
-            except OSError:
-                return True
+            hello = outgoing.read()
         else:
-            try:
-                sock.sendall(b"GET / HTTP/1.1\r\nHost: guard.example\r\n\r\n")
-            except OSError:
-                return True
+            hello = f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
         try:
-            data = sock.recv(1)
-        except ConnectionResetError:
+            sock.sendall(hello)
+            first = sock.recv(1)
+        except (ConnectionResetError, BrokenPipeError):
             return True
         except TimeoutError:
             raise AssertionError(f"the edge neither answered nor closed the connection from {source}") from None
-        return data == b""
+        if not first:
+            return True
+        assert first == (b"\x16" if tls else b"H"), f"the edge answered {first!r}, not a ServerHello or a response"
+        return False
     finally:
         sock.close()
 
+
+def with_certificate(site: dict[str, Any], pki: Any) -> dict[str, Any]:
+    """The site with a certificate for its hosts from the test CA (served on the edge's https listener)."""
+    pair = pki.good(*site["hosts"])
+    return {**site, "certificate": {"cert": str(pair.cert), "key": str(pair.key)}}

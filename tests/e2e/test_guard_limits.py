@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from e2e_support import RawConn, wait_for
-from guard_support import BodyOrigin, EdgeFactory, GuardEdge, call, plain_site, refused_at_accept
+from guard_support import BodyOrigin, EdgeFactory, GuardEdge, call, plain_site, refused_at_accept, with_certificate
 
 SLOW = "1/m"  # no request gets a new token back during a test: only the burst passes
 
@@ -132,15 +132,13 @@ def test_action_ban_bans_at_once(edge, origin) -> None:
 
 @pytest.fixture(scope="module")
 def conn_edge(factory, origin, pki) -> GuardEdge:
-    site = {**plain_site(origin, "guard"), "hosts": ["guard.example"]}
-    cert = pki.good("guard.example")
-    site["certificate"] = {"cert": str(cert.cert), "key": str(cert.key)}
-    edge = factory([site], top={"ip_rules": {"allow": ["127.0.0.1"]}}, start=False, workers=2,
-                   limits={"max_connections_per_ip": 3, "connection_rate_per_ip": SLOW,
-                           "connection_burst_per_ip": 12})
-    edge.server["https"] = [f"127.0.0.1:{edge.https_port}"]
-    edge.write_config()
-    return edge.start()
+    return factory([with_certificate(plain_site(origin, "guard"), pki)], top={"ip_rules": {"allow": ["127.0.0.1"]}},
+                   https=True, workers=2, limits={"max_connections_per_ip": 3, "connection_rate_per_ip": SLOW,
+                                                  "connection_burst_per_ip": 12})
+
+
+def refused(edge: GuardEdge, source: str, tls: bool = True) -> bool:
+    return refused_at_accept(edge.https_port if tls else edge.http_port, source, "guard.example", tls)
 
 
 def tls_conn(edge: GuardEdge, source: str) -> RawConn:
@@ -151,8 +149,8 @@ def test_max_connections_per_ip_refuses_before_tls(conn_edge) -> None:
     src = "127.0.0.5"
     held = [tls_conn(conn_edge, src) for _ in range(3)]
     try:
-        assert refused_at_accept(conn_edge.https_port, src)
-        assert refused_at_accept(conn_edge.http_port, src, tls=False)
+        assert refused(conn_edge, src)
+        assert refused(conn_edge, src, tls=False)
         with tls_conn(conn_edge, "127.0.0.6") as other:
             assert other.request("GET", "/", "guard.example").status == 200
         held.pop().close()
@@ -167,7 +165,7 @@ def test_max_connections_per_ip_refuses_before_tls(conn_edge) -> None:
 def test_allowed_address_skips_connection_limits(conn_edge) -> None:
     held = [tls_conn(conn_edge, "127.0.0.1") for _ in range(5)]
     try:
-        assert not refused_at_accept(conn_edge.https_port, "127.0.0.1")
+        assert not refused(conn_edge, "127.0.0.1")
     finally:
         for conn in held:
             conn.close()
@@ -176,7 +174,7 @@ def test_allowed_address_skips_connection_limits(conn_edge) -> None:
 def test_connection_rate_per_ip(conn_edge) -> None:
     src = "127.0.0.9"
     for _ in range(12):
-        assert not refused_at_accept(conn_edge.https_port, src)
-    assert refused_at_accept(conn_edge.https_port, src)
-    assert refused_at_accept(conn_edge.http_port, src, tls=False)
-    assert not refused_at_accept(conn_edge.https_port, "127.0.0.10")
+        assert not refused(conn_edge, src)
+    assert refused(conn_edge, src)
+    assert refused(conn_edge, src, tls=False)
+    assert not refused(conn_edge, "127.0.0.10")
