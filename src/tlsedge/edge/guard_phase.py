@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +80,12 @@ def prepare(ex: Exchange) -> None:
 def begin(conn: ClientConnection, ex: Exchange) -> bool:
     """Run the site's guard on a request whose head has arrived; True when the guard took it over."""
     guard = ex.site.guard
+    if guard.light:
+        screened = guard.screen_address(conn.client_ip, time.time())
+        if isinstance(screened, Outcome):
+            answer(conn, ex, screened)
+            return True
+        return False
     req = GuardRequest(conn.client_ip, ex.method, ex.target, ex.headers, conn.tls)
     ex.guard_request = req
     outcome = guard.check(req)

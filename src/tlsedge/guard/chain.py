@@ -131,6 +131,9 @@ def guard_path(target: bytes) -> bytes:
     """The path as the guard compares it with its prefixes: every spelling an origin may read as the same path is
     one (escapes of unreserved characters, dot-segments, encoded or back slashes, repeated slashes, ";" parameters),
     so ``/%61dmin/``, ``//admin/`` or ``/admin;x/`` cannot walk past a password on ``/admin/``."""
+    path = target.partition(b"?")[0]
+    if b"%" not in path and b"\\" not in path and b";" not in path and b"//" not in path and b"/." not in path:
+        return path  # the common case: already canonical
     path = request_path(target)
     if b"%" in path or b"\\" in path:
         path = path.replace(b"%2F", b"/").replace(b"%5C", b"/").replace(b"\\", b"/")
@@ -149,6 +152,8 @@ class SiteGuard:
         self.config = config
         self.services = services
         self.waf = waf  # None: the WAF is off
+        # A site without protection of its own only enforces bans (and the edge-wide lists): no request object.
+        self.light = not config.active
         rules = config.ip_rules
         self.rules = IpRules.combine(services.global_rules, IpRules(rules.allow, rules.deny))
         suspicious = services.settings.ip_rules.challenge + rules.challenge
@@ -189,13 +194,16 @@ class SiteGuard:
 
     def screen(self, req: GuardRequest) -> bool | Outcome:
         """The client's address alone: True when allowed (skips the rest), an answer when denied or banned."""
-        verdict = self.rules.decide(req.ip)
+        return self.screen_address(req.ip, req.wall)
+
+    def screen_address(self, ip: str, now: float) -> bool | Outcome:
+        verdict = self.rules.decide(ip)
         if verdict == "allow":
             return True
         if verdict == "deny":
-            return Outcome(403, "ip-deny", f"address {req.ip} is on a deny list")
-        ban = self.services.bans.banned_any(self.site, req.ip, req.wall)
-        return _banned(ban, req.wall) if ban is not None else False
+            return Outcome(403, "ip-deny", f"address {ip} is on a deny list")
+        ban = self.services.bans.banned_any(self.site, ip, now)
+        return _banned(ban, now) if ban is not None else False
 
     def offense(self, req_ip: str, reason: str) -> Ban | None:
         """Count a WAF block, rate-limit hit, failed challenge or wrong password; maybe ban the client."""
