@@ -150,7 +150,8 @@ def test_challenge_page_is_self_contained_and_readable(browser: Any, edge: Edge,
 
     visit.page.route(lambda url: urlsplit(url).path == VERIFY_PATH, hold)
     try:
-        response = visit.page.goto(visit.base + "/read/me")
+        # "commit", not "load": the solved page navigates to the held answer, which may come before its load event.
+        response = visit.page.goto(visit.base + "/read/me", wait_until="commit")
         assert response.status == 403
         assert response.headers["content-security-policy"].startswith("default-src 'none'")
         status = visit.page.get_by_role("status")  # (waits through locators: the page's CSP forbids eval)
