@@ -10,17 +10,20 @@ verification under 5 µs of CPU). Why the script is shaped the way it is:
 * It measures like ``edge_vs_nginx.py`` and ``cache_vs_nginx.py`` and imports their helpers: wrk keep-alive load on
   one core, the server under test (one worker: tlsedge ``workers = 1``, ``[guard] waf_threads = 1``; nginx
   ``worker_processes 1``) pinned to the other, its **CPU µs per request** summed over its whole process tree from
-  ``/proc`` (tlsedge control + worker + its WAF thread + monitor; nginx master + worker), medians of ``--runs`` runs,
-  the server order alternating per run, other processes' CPU counted around every window and a disturbed window
-  measured again (``balancing.py``'s rule).
+  ``/proc`` (tlsedge control + worker with its WAF thread + any helper process; nginx master + worker), split into
+  the processes' main threads (the edge's event loop) and other threads (its WAF thread), medians of ``--runs``
+  runs, the server order alternating per run, other processes' CPU counted around every window and a disturbed
+  window measured again (``balancing.py``'s rule). The WAF target is judged on the median of the per-run ratios:
+  the WAF windows of both servers drift together from run to run by more than the 10 % the target allows.
 * One edge and one nginx serve every case, as sites (server names) of the same process: ``plain`` (no WAF),
   ``waf``, ``challenge`` (tlsedge only) and ``probe`` (a redirect answered by the server itself). Both proxy to the
   same static nginx origin (1 KiB). Plain HTTP by default, so TLS stays out of the comparison (``--transports``).
 * Same rules: the edge's config is read with tlsedge's own loader, and the ModSecurity file nginx includes is
   written from the directive text the edge loads for its ``waf`` site (``waf_rules.before_crs``, every CRS rule
   file of ``/usr/share/modsecurity-crs/rules`` in the same order, ``waf_rules.after_crs``). Both run the same
-  ``libmodsecurity3``. Before measuring, an SQL injection must get 403 from both ``waf`` sites and 200 from both
-  ``plain`` ones, and the benign requests wrk sends must match no rule (the WAF log lines are counted).
+  ``libmodsecurity3``, and nginx gets a transaction id (``$request_id``) as the edge gives its own. Before
+  measuring, an SQL injection must get 403 from both ``waf`` sites and 200 from both ``plain`` ones, and the benign
+  requests wrk sends must match no rule (the WAF log lines are counted).
 * Requests look like a browser's: a page URL with a query string and the header set of a current browser
   (User-Agent, Accept*, Referer, Sec-Fetch-*, a Cookie header), the same bytes for every server and site.
 * Loop lag is observed from outside: while wrk loads the ``waf`` site, a probe client on the load core sends
@@ -29,8 +32,10 @@ verification under 5 µs of CPU). Why the script is shaped the way it is:
   probe latency under WAF load minus the same probe's latency on an idle server; the same is done under load on
   the ``plain`` site (the lag any busy loop has) and for nginx, whose worker runs ModSecurity on its loop.
 * The challenge cookie is obtained by solving the challenge once with ``tests/guard/pow_solver.py`` (as a browser
-  would: page, nonce, verify URL, ``Set-Cookie``); the same Cookie header goes to every site and server. The cost
-  of ``verify_cookie`` alone is also timed in this process, as a floor under the measured difference.
+  would: page, nonce, verify URL, ``Set-Cookie``); the same Cookie header goes to every site and server.
+* In-process floors, timed in this process after the windows with tlsedge's own classes and the edge's config: the
+  WAF check of the same request in one thread without I/O (what ModSecurity and the binding cost alone), and
+  ``verify_cookie`` and the challenge site's whole ``SiteGuard.check`` for a request with a valid cookie.
 
 Needs the project venv (the rules and the cookie code come from tlsedge itself) and the tools of
 ``edge_vs_nginx.py`` plus the nginx ModSecurity module; everything is checked first.
@@ -60,7 +65,7 @@ import timeit
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package: import its helpers by path
@@ -89,6 +94,9 @@ from edge_vs_nginx import (
     write_proxy_conf,
 )
 
+if TYPE_CHECKING:
+    from tlsedge.guard.waf import WafSettings
+
 DOMAIN = "bench.example"
 SITES = ("plain", "waf", "challenge", "probe")
 SCENARIOS = ("plain", "challenge", "waf")  # wrk loads; plain and challenge are adjacent in a run (compared)
@@ -108,8 +116,10 @@ ATTACK_PATH = "/1k?id=1%27%20OR%201%3D1--%20"  # ' OR 1=1 -- : the CRS's SQL inj
 PROBE_PATH = "/probe"
 # A current Chrome's navigation request (Host and Cookie are added per request).
 BROWSER_HEADERS = (
-    ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 "
-                   "Safari/537.36"),
+    (
+        "User-Agent",
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36",
+    ),
     ("Accept", "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8"),
     ("Accept-Language", "en-GB,en;q=0.9,de;q=0.8"),
     ("Accept-Encoding", "gzip, deflate, br, zstd"),
@@ -212,7 +222,7 @@ def write_edge_conf(d: Path, http_port: int, https_port: int, origin_port: int, 
     return cfg
 
 
-def edge_waf_settings(cfg: Path, site: str = "waf") -> Any:
+def edge_waf_settings(cfg: Path, site: str = "waf") -> WafSettings:
     """The ``WafSettings`` the edge builds for ``site``: its config read by tlsedge's own loader."""
     from tlsedge.config.load import load_config
     from tlsedge.guard.runtime import waf_settings
@@ -263,8 +273,11 @@ def write_nginx_conf(
     blocks = []
     for i, site in enumerate(("plain", "waf", "probe")):
         # listen options (backlog) may be given once per address
-        listens = f"{listen}\n        listen {LOOPBACK}:{http_port} backlog=4096;" if i == 0 else (
-            f"listen {LOOPBACK}:{https_port} ssl;\n        listen {LOOPBACK}:{http_port};")
+        listens = (
+            f"{listen}\n        listen {LOOPBACK}:{http_port} backlog=4096;"
+            if i == 0
+            else (f"listen {LOOPBACK}:{https_port} ssl;\n        listen {LOOPBACK}:{http_port};")
+        )
         b = block.replace(listen, listens).replace(server_name, f"server_name {host(site)};")
         if site == "waf":
             b = b.replace(
@@ -287,6 +300,8 @@ def write_nginx_conf(
 
 @dataclass
 class Reply:
+    """One response as the checks need it."""
+
     status: int
     headers: dict[str, str]  # lower-case names, last value wins
     body: bytes
@@ -553,7 +568,13 @@ class Sample:
 
 
 def measure(
-    server: Server, scenario: str, transport: str, run: int, args: argparse.Namespace, lua: Path, cookie: str,
+    server: Server,
+    scenario: str,
+    transport: str,
+    run: int,
+    args: argparse.Namespace,
+    lua: Path,
+    cookie: str,
     origin: Service,
 ) -> Sample:
     """Warm-up load, then one wrk window with the server tree's CPU and other processes' CPU around it."""
@@ -593,8 +614,15 @@ def progress_line(s: Sample, args: argparse.Namespace) -> str:
     )
 
 
-def measure_quiet(server: Server, scenario: str, transport: str, run: int, args: argparse.Namespace,
-                  discarded: list[Sample], **kw: Any) -> Sample:
+def measure_quiet(
+    server: Server,
+    scenario: str,
+    transport: str,
+    run: int,
+    args: argparse.Namespace,
+    discarded: list[Sample],
+    **kw: Any,
+) -> Sample:
     """balancing.py's rule: measure again (up to ``--retries``) while other processes disturbed the window, and keep
     the least disturbed attempt (the others go to the results file)."""
     attempts = [measure(server, scenario, transport, run, args, **kw)]
@@ -652,8 +680,9 @@ def measure_lag(
                      100.0 * others / (time.monotonic() - t0))  # fmt: skip
 
 
-def measure_lag_quiet(server: Server, condition: str, run: int, args: argparse.Namespace,
-                      discarded: list[LagSample], **kw: Any) -> LagSample:
+def measure_lag_quiet(
+    server: Server, condition: str, run: int, args: argparse.Namespace, discarded: list[LagSample], **kw: Any
+) -> LagSample:
     """measure_quiet's rule for the probe windows: a third party busy on the server core delays the loop too."""
     attempts = [measure_lag(server, condition, run, args, **kw)]
     print(lag_line(attempts[-1], args.noise_limit), flush=True)
@@ -838,8 +867,12 @@ def paired_ratios(samples: Sequence[Sample], key: str) -> list[float]:
     return [r["tlsedge"] / r["nginx"] for _, r in sorted(by_run.items()) if r.get("nginx") and "tlsedge" in r]
 
 
-def render_waf(med: dict[str, dict[str, dict[str, float]]], transports: Sequence[str], floor: float | None,
-               paired: dict[str, list[float]]) -> list[str]:
+def render_waf(
+    med: dict[str, dict[str, dict[str, float]]],
+    transports: Sequence[str],
+    floor: float | None,
+    paired: dict[str, list[float]],
+) -> list[str]:
     """Each figure for tlsedge, nginx and the ratio; the CPU target beside the WAF-on row, judged on the median of
     the per-run ratios (the WAF windows drift together from run to run); below, the in-process floor (ModSecurity
     through tlsedge's binding alone)."""
@@ -935,8 +968,16 @@ def render_challenge(
                      "", ""))  # fmt: skip
     if verify:
         rows.append(("in-process", "verify_cookie alone: CPU µs", "", f"{verify['verify_cookie_us']:.2f}", "", ""))
-        rows.append(("", "SiteGuard.check, valid cookie: CPU µs", "", f"{verify['guard_check_us']:.2f}", "",
-                     f"< {VERIFY_TARGET_US:g} µs {'ok' if verify['guard_check_us'] < VERIFY_TARGET_US else 'MISS'}"))
+        rows.append(
+            (
+                "",
+                "SiteGuard.check, valid cookie: CPU µs",
+                "",
+                f"{verify['guard_check_us']:.2f}",
+                "",
+                f"< {VERIFY_TARGET_US:g} µs {'ok' if verify['guard_check_us'] < VERIFY_TARGET_US else 'MISS'}",
+            )
+        )
     if not rows:
         return []
     head = "challenge: tlsedge's 'always' site with a valid tlsedge_pass cookie vs the same site without a challenge"
@@ -1044,7 +1085,11 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 def start_servers(
-    tmp: Path, origin_port: int, certs: dict[str, Path], args: argparse.Namespace, edge_cmd: list[str],
+    tmp: Path,
+    origin_port: int,
+    certs: dict[str, Path],
+    args: argparse.Namespace,
+    edge_cmd: list[str],
     services: list[Service],
 ) -> dict[str, Server]:
     """The edge and nginx, pinned to the server core; each is in ``services`` as soon as it runs."""
@@ -1072,8 +1117,9 @@ def start_servers(
     return servers
 
 
-def check_servers(servers: dict[str, Server], want: bytes, cookie: str, args: argparse.Namespace,
-                  certs: dict[str, Path]) -> dict[str, int]:
+def check_servers(
+    servers: dict[str, Server], want: bytes, cookie: str, args: argparse.Namespace, certs: dict[str, Path]
+) -> dict[str, int]:
     """Each site does what the benchmark assumes, over every transport measured: plain and waf serve the page,
     the waf site blocks an SQL injection and the plain site does not, the probe answers 308, the challenge site
     serves the page with the cookie. Returns each server's WAF log lines after the checks (the baseline)."""
@@ -1240,8 +1286,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "args": vars(args),
                     "edge_cmd": edge_cmd,
                     "environment": environment(),
-                    "targets": {"waf_cpu_ratio": CPU_TARGET, "lag_p99_ms": LAG_TARGET_MS,
-                                "verify_us": VERIFY_TARGET_US},
+                    "targets": {
+                        "waf_cpu_ratio": CPU_TARGET,
+                        "lag_p99_ms": LAG_TARGET_MS,
+                        "verify_us": VERIFY_TARGET_US,
+                    },
                     "request": {"path": PATH, "headers": BROWSER_HEADERS, "cookie": cookie},
                     "medians": med,
                     "waf_cpu_ratios_per_run": paired,
