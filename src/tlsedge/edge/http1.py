@@ -350,7 +350,8 @@ class ClientConnection(CountedConnection):
         self.head_bytes += len(name) + len(value) + 4
         if self.head_bytes > self.edge.limits.max_header_bytes:
             raise Rejected(431, "request headers larger than max_header_bytes")
-        if b"\x00" in value or b"\r" in value or b"\n" in value:
+        # Integer membership: `b"\n" in value` first fails as an int lookup inside CPython (~10x slower per header).
+        if 0 in value or 13 in value or 10 in value:
             raise Rejected(400, "control character in header value")
 
     def on_headers_complete(self) -> None:
@@ -508,7 +509,7 @@ class ClientConnection(CountedConnection):
                     xff = value if xff is None else xff + b", " + value
                     continue
                 kept_forwarding.add(lname)
-            elif b"_" in lname and lname.replace(b"_", b"-") in FORWARDING:
+            elif 95 in lname and lname.replace(b"_", b"-") in FORWARDING:  # 95: "_"
                 continue  # X_Forwarded_For reads as X-Forwarded-For in CGI/WSGI/PHP origins: never pass it
             append(name)
             append(b": ")

@@ -42,6 +42,7 @@ CHALLENGE_WAIT = "/.tlsedge/challenge/wait"
 PASSWORD_SUBMIT = "/.tlsedge/password"
 ACME_PREFIX = b"/.well-known/acme-challenge/"
 CHALLENGE_TTL = 300.0  # how long a challenge page's token may be solved
+PASSED_CACHE = 4096  # verified challenge cookies remembered per site and worker
 # Password guesses per client address and site: 10 at once, then one every 6 seconds (each costs ~60 ms of scrypt).
 PASSWORD_INTERVAL = 6.0
 PASSWORD_BURST = 10
@@ -90,7 +91,7 @@ def ban_policy(config: BanConfig) -> BanPolicy:
 class GuardRequest:
     """The parts of a request the checks read; the Cookie header is parsed only when a check needs it."""
 
-    __slots__ = ("_cookies", "body", "headers", "ip", "method", "path", "query", "secure", "target", "wall")
+    __slots__ = ("body", "headers", "ip", "method", "path", "query", "secure", "target", "wall")
 
     def __init__(self, ip: str, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], secure: bool) -> None:
         self.ip = ip
@@ -102,19 +103,10 @@ class GuardRequest:
         self.secure = secure
         self.wall = time.time()  # one clock for the shared table, bans and signed expiries
         self.body: bytes | None = None
-        self._cookies: dict[str, str] | None = None
 
     def cookie(self, name: str) -> str | None:
-        if self._cookies is None:
-            found: dict[str, str] = {}
-            for key, value in self.headers:
-                if key.lower() == b"cookie":
-                    for part in value.decode("latin-1").split(";"):
-                        name_, eq, val = part.strip().partition("=")
-                        if eq and name_ not in found:
-                            found[name_] = val
-            self._cookies = found
-        return self._cookies.get(name)
+        """One cookie's value (the raw header is searched for that name; nothing else is parsed)."""
+        return cookies.find_cookie(self.headers, name)
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
@@ -169,6 +161,7 @@ class SiteGuard:
         self.challenge_exempt = (ACME_PREFIX, *(p.encode() for p in challenge.exempt_paths))
         self.bypass = tuple((b.header.encode(), b.token) for b in challenge.bypass)
         self.passwords = sorted(config.passwords, key=lambda p: len(p.path_prefix), reverse=True)
+        self.passed: dict[tuple[str, str], tuple[float, object]] = {}  # verified challenge cookies (see _solved)
         self.password_cookies = {p.path_prefix: password_cookie_name(p.path_prefix) for p in self.passwords}
         checks: list[Callable[[GuardRequest, bool], Outcome | None]] = [self._own_pages]
         if self.passwords:
@@ -383,13 +376,24 @@ class SiteGuard:
                        b"Retry-After: %d\r\n" % verdict.retry_after)
 
     def _solved(self, req: GuardRequest) -> bool:
+        """A valid challenge cookie. A returning visitor's cookie is verified once, then found in a small cache
+        (by value and address, valid until the cookie's expiry and while the signing keys stay the same)."""
         keys = self._keys()
+        if keys is None:
+            return False
         value = req.cookie(cookies.CHALLENGE_COOKIE)
-        return (
-            keys is not None
-            and value is not None
-            and cookies.verify_cookie(keys, self.site, cookies.CHALLENGE_PURPOSE, req.ip, value, req.wall).ok
-        )
+        if value is None:
+            return False
+        key = (value, req.ip)
+        known = self.passed.get(key)
+        if known is not None and known[1] is keys.snapshot and known[0] > req.wall:
+            return True
+        if not cookies.verify_cookie(keys, self.site, cookies.CHALLENGE_PURPOSE, req.ip, value, req.wall).ok:
+            return False
+        if len(self.passed) >= PASSED_CACHE:
+            self.passed.clear()
+        self.passed[key] = (float(value.split(".")[2]), keys.snapshot)
+        return True
 
     def _challenge(self, req: GuardRequest, allowed: bool) -> Outcome | None:
         if allowed or req.path.startswith(self.challenge_exempt):

@@ -72,6 +72,11 @@ class SigningKeys:
         return self._state[0]
 
     @property
+    def snapshot(self) -> object:
+        """An opaque token that changes whenever the keys do: caches of verified values compare it."""
+        return self._state
+
+    @property
     def kids(self) -> tuple[str, ...]:
         """Every key id that still verifies."""
         return tuple(self._state[1])
