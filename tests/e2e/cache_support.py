@@ -35,6 +35,7 @@ class Seen:
     method: str
     target: str
     headers: dict[str, str]  # lower-case names (last value wins)
+    body: bytes = b""  # de-chunked
 
 
 Script = Answer | Callable[[Seen], Answer]
@@ -83,6 +84,10 @@ class ScriptedOrigin:
         self.server.server_close()
 
     # -- serving
+    def unscripted(self, seen: Seen) -> Answer:
+        """The answer to a path the test gave no script for."""
+        return Answer(404, [("Content-Type", "text/plain")], b"no script for this path\n")
+
     def _one(self, handler: socketserver.StreamRequestHandler) -> bool:
         rfile, wfile = handler.rfile, handler.wfile
         line = rfile.readline(65536)
@@ -97,22 +102,24 @@ class ScriptedOrigin:
             name, _, value = h.decode("latin-1").partition(":")
             headers[name.strip().lower()] = value.strip()
         length = int(headers.get("content-length", "0") or 0)
+        body = b""
         if length:
-            rfile.read(length)
+            body = rfile.read(length)
         elif headers.get("transfer-encoding", "").lower() == "chunked":
+            parts = []
             while True:
                 size = int(rfile.readline().split(b";")[0], 16)
-                rfile.read(size + 2)
+                parts.append(rfile.read(size + 2)[:size])
                 if size == 0:
                     break
-        seen = Seen(method, target, headers)
+            body = b"".join(parts)
+        seen = Seen(method, target, headers, body)
         with self.lock:
             self.seen.append(seen)
         script = self.answers.get(target) or self.answers.get(target.split("?")[0])
         if script is None:
-            answer = Answer(404, [("Content-Type", "text/plain")], b"no script for this path\n")
-        else:
-            answer = script(seen) if callable(script) else script
+            script = self.unscripted
+        answer = script(seen) if callable(script) else script
         if answer.delay:
             time.sleep(answer.delay)
         try:

@@ -10,16 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import socketserver
 import ssl
 import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cache_support import Answer, ScriptedOrigin, Seen, _render
+from cache_support import Answer, ScriptedOrigin, Seen
 from e2e_support import Edge, RawConn, Response, wait_for
 
 PASSWORD = "correct horse battery"
@@ -118,66 +115,16 @@ def plain_site(origin: ScriptedOrigin, name: str, **guard: Any) -> dict[str, Any
 # --- the origin -----------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Received(Seen):
-    body: bytes = b""
-
-
 class BodyOrigin(ScriptedOrigin):
-    """A ScriptedOrigin that also keeps each request's body (de-chunked), to check what reached it byte for byte.
+    """A ScriptedOrigin whose unscripted paths answer 200 ``origin saw <method> <target>``, so a client can tell
+    which request the answer belongs to; ``received`` gives what reached it, bodies byte for byte (de-chunked)."""
 
-    Paths without a script answer 200 ``origin saw <method> <target>``, so a client can tell which request the
-    answer belongs to.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[Received] = []  # type: ignore[assignment]
-
-    def received(self, path: str) -> list[Received]:
+    def received(self, path: str) -> list[Seen]:
         with self.lock:
             return [s for s in self.seen if s.target.split("?")[0] == path.split("?")[0]]
 
-    def _one(self, handler: socketserver.StreamRequestHandler) -> bool:
-        rfile, wfile = handler.rfile, handler.wfile
-        line = rfile.readline(65536)
-        if not line.strip():
-            return False
-        method, target, _ = line.decode("latin-1").split(" ", 2)
-        headers: dict[str, str] = {}
-        while True:
-            h = rfile.readline(65536)
-            if h in (b"\r\n", b"\n", b""):
-                break
-            name, _, value = h.decode("latin-1").partition(":")
-            headers[name.strip().lower()] = value.strip()
-        body = b""
-        if headers.get("transfer-encoding", "").lower() == "chunked":
-            parts = []
-            while True:
-                size = int(rfile.readline().split(b";")[0], 16)
-                parts.append(rfile.read(size + 2)[:size])
-                if size == 0:
-                    break
-            body = b"".join(parts)
-        elif int(headers.get("content-length", "0") or 0):
-            body = rfile.read(int(headers["content-length"]))
-        seen = Received(method, target, headers, body)
-        with self.lock:
-            self.seen.append(seen)
-        script = self.answers.get(target) or self.answers.get(target.split("?")[0])
-        if script is None:
-            answer = Answer(200, [("Content-Type", "text/plain")], f"origin saw {method} {target}".encode())
-        else:
-            answer = script(seen) if callable(script) else script
-        if answer.delay:
-            time.sleep(answer.delay)
-        try:
-            wfile.write(_render(answer, head_only=method == "HEAD"))
-            wfile.flush()
-        except OSError:
-            return False
-        return not answer.close and headers.get("connection", "").lower() != "close"
+    def unscripted(self, seen: Seen) -> Answer:
+        return Answer(200, [("Content-Type", "text/plain")], f"origin saw {seen.method} {seen.target}".encode())
 
 
 # --- clients --------------------------------------------------------------------------------------------------------

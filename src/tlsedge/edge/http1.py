@@ -669,7 +669,7 @@ class ClientConnection(CountedConnection):
 
     def guard_error(self, ex: Exchange, status: int, reason: str, extra: bytes) -> None:
         self._answer(ex, status, reason, close=ex.has_body and not ex.body_done, extra=extra,
-                     logged=status < 500 or status == 503)
+                     logged=status == 503)  # the store being down is logged once by the worker
 
     def guard_page(self, ex: Exchange, response: bytes) -> None:
         """A page of the guard's own (challenge, password form) or its redirect, ready to write."""

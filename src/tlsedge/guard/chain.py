@@ -176,7 +176,7 @@ class SiteGuard:
 
     def check(self, req: GuardRequest) -> Outcome | None:
         """The first check that answers the request, or None: on to the WAF (if any), the cache and the origin."""
-        allowed = self.screen(req)
+        allowed = self.screen_address(req.ip, req.wall)
         if isinstance(allowed, Outcome):
             return allowed
         for check in self.checks:
@@ -185,11 +185,8 @@ class SiteGuard:
                 return outcome
         return None
 
-    def screen(self, req: GuardRequest) -> bool | Outcome:
-        """The client's address alone: True when allowed (skips the rest), an answer when denied or banned."""
-        return self.screen_address(req.ip, req.wall)
-
     def screen_address(self, ip: str, now: float) -> bool | Outcome:
+        """The client's address alone: True when allowed (skips the rest), an answer when denied or banned."""
         verdict = self.rules.decide(ip)
         if verdict == "allow":
             return True
@@ -218,12 +215,8 @@ class SiteGuard:
         if not req.path.startswith(OWN_PREFIX):
             return None
         path = req.path.decode("latin-1")
-        if path == CHALLENGE_VERIFY:
-            return self._verify_solution(req)
-        if path == CHALLENGE_NOSCRIPT:
-            return self._noscript(req)
-        if path == CHALLENGE_WAIT:
-            return self._verify_wait(req)
+        if path in (CHALLENGE_VERIFY, CHALLENGE_NOSCRIPT, CHALLENGE_WAIT):
+            return self._challenge_pages(req, path)
         if path == PASSWORD_SUBMIT and self.passwords:
             if req.method == b"POST":
                 return None  # the form, read once its body is here (edge.guard_phase)
@@ -240,59 +233,42 @@ class SiteGuard:
         """Challenges and waiting tickets are single-use across the workers (namespace "c" of the shared table)."""
         return self.services.table.first_use(b"c\0" + token_id, expires_at)
 
-    def _verify_solution(self, req: GuardRequest) -> Outcome:
+    def _challenge_pages(self, req: GuardRequest, path: str) -> Outcome:
+        """The answer to a challenge, the page for browsers without JavaScript, and its waiting ticket."""
         keys = self._keys()
         if keys is None:
             return _store_down()
         params = req.params()
         back = page.safe_return_path(params.get("return", "/"))
-        check = pow.verify_solution(keys, self.site, req.ip, params.get("token", ""), params.get("nonce", ""),
-                                    req.wall, self._first_use)
+        if path == CHALLENGE_NOSCRIPT:
+            delay = self.config.challenge.noscript_delay
+            ticket = pow.issue_wait_ticket(keys, self.site, req.ip, delay, req.wall)
+            body = page.wait_page(ticket, delay, CHALLENGE_WAIT, back)
+            return Outcome(403, "challenge-wait", "waiting page for a browser without JavaScript", body)
+        if path == CHALLENGE_VERIFY:
+            what = "challenge answer"
+            check = pow.verify_solution(keys, self.site, req.ip, params.get("token", ""), params.get("nonce", ""),
+                                        req.wall, self._first_use)
+        else:
+            what = "waiting ticket"
+            ticket = params.get("ticket", "")
+            check = pow.verify_wait_ticket(keys, self.site, req.ip, ticket, req.wall, self._first_use)
+            if check.reason == "too early":  # a person who clicked before the wait was over: the same page again
+                left = (pow.ticket_not_before(ticket) or req.wall) - req.wall
+                body = page.wait_page(ticket, max(1, int(left + 0.999)), CHALLENGE_WAIT, back)
+                return Outcome(403, "challenge-wait", "waiting ticket used too early", body)
         if not check.ok:
             self.offense(req.ip, "challenge-failed")
             outcome = self._challenge_page(req, back)
             outcome.decision = "challenge-failed"
-            outcome.reason = f"challenge answer rejected: {check.reason}"
+            outcome.reason = f"{what} rejected: {check.reason}"
             return outcome
-        return self._pass_cookie(req, back, "challenge-passed")
-
-    def _noscript(self, req: GuardRequest) -> Outcome:
-        keys = self._keys()
-        if keys is None:
-            return _store_down()
-        back = page.safe_return_path(req.params().get("return", "/"))
-        delay = self.config.challenge.noscript_delay
-        ticket = pow.issue_wait_ticket(keys, self.site, req.ip, delay, req.wall)
-        body = page.wait_page(ticket, delay, CHALLENGE_WAIT, back)
-        return Outcome(403, "challenge-wait", "waiting page for a browser without JavaScript", body)
-
-    def _verify_wait(self, req: GuardRequest) -> Outcome:
-        keys = self._keys()
-        if keys is None:
-            return _store_down()
-        params = req.params()
-        back = page.safe_return_path(params.get("return", "/"))
-        ticket = params.get("ticket", "")
-        check = pow.verify_wait_ticket(keys, self.site, req.ip, ticket, req.wall, self._first_use)
-        if check.reason == "too early":  # a person who clicked before the wait was over: the same page again
-            left = (pow.ticket_not_before(ticket) or req.wall) - req.wall
-            body = page.wait_page(ticket, max(1, int(left + 0.999)), CHALLENGE_WAIT, back)
-            return Outcome(403, "challenge-wait", "waiting ticket used too early", body)
-        if not check.ok:
-            self.offense(req.ip, "challenge-failed")
-            outcome = self._challenge_page(req, back)
-            outcome.decision = "challenge-failed"
-            outcome.reason = f"waiting ticket rejected: {check.reason}"
-            return outcome
-        return self._pass_cookie(req, back, "challenge-passed")
-
-    def _pass_cookie(self, req: GuardRequest, back: str, decision: str) -> Outcome:
         ttl = self.config.challenge.cookie_ttl
-        value = cookies.issue_cookie(self._keys(), self.site, cookies.CHALLENGE_PURPOSE, req.ip, ttl, req.wall)
+        value = cookies.issue_cookie(keys, self.site, cookies.CHALLENGE_PURPOSE, req.ip, ttl, req.wall)
         headers = b"Set-Cookie: %s\r\nLocation: %s\r\n" % (
             cookies.set_cookie_value(cookies.CHALLENGE_COOKIE, value, ttl, secure=req.secure), back.encode()
         )
-        return Outcome(303, decision, "challenge solved", b"", headers)
+        return Outcome(303, "challenge-passed", f"{what} accepted", b"", headers)
 
     # --- password-protected paths --------------------------------------------------------------------------------
 
