@@ -22,6 +22,10 @@ def run_check(path: Path, out: TextIO) -> int:
         print(f"{_count(len(exc.problems), 'problem')} found", file=out)
         return 1
     problems = waf_problems(config)  # the rule files are parsed by ModSecurity itself, as a start would
+    if any(site.keyless is not None for site in config.sites):  # keyless chains are read as a start would
+        from tlsedge.tls.keyless.runtime import identities as keyless_identities
+
+        problems += keyless_identities(config)[1]
     if problems:
         for problem in problems:
             print(problem, file=out)

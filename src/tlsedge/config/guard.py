@@ -33,7 +33,7 @@ BAN_SCOPES: tuple[str, ...] = ("site", "global")
 RATE_KEYS = ("ip", "ip_prefix", "path")  # plus "header:<Name>" and "cookie:<name>"
 
 GUARD_KEYS = ("table_slots", "waf_threads")
-IP_RULES_KEYS = ("allow", "deny", "challenge")
+IP_RULES_KEYS = ("allow", "deny", "challenge", "deny_ja4")
 BAN_KEYS = ("threshold", "window", "duration", "factor", "max_duration", "scope")
 WAF_KEYS = (
     "mode",
@@ -56,6 +56,8 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _FIELD_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _COOKIE_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _METHOD_RE = re.compile(r"^[A-Z]{1,20}$")
+# JA4 "a" part (transport, version, SNI, counts, ALPN characters) and two truncated SHA-256 hex hashes.
+_JA4_RE = re.compile(r"[tqd][0-9s][0-9a-z][di][0-9]{4}[0-9A-Za-z]{2}_[0-9a-f]{12}_[0-9a-f]{12}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,7 @@ class IpRulesConfig:
     allow: tuple[IpNetwork, ...] = ()
     deny: tuple[IpNetwork, ...] = ()
     challenge: tuple[IpNetwork, ...] = ()  # clients a "suspicious" challenge treats as suspicious
+    deny_ja4: tuple[str, ...] = ()  # TLS client fingerprints refused right after the ClientHello
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +206,22 @@ def load_ip_rules(t: _Table, key: str) -> IpRulesConfig | None:
     if raw is None:
         return None
     r = t.child(raw, t.field(key), IP_RULES_KEYS)
-    return IpRulesConfig(allow=_networks(r, "allow"), deny=_networks(r, "deny"), challenge=_networks(r, "challenge"))
+    return IpRulesConfig(
+        allow=_networks(r, "allow"), deny=_networks(r, "deny"), challenge=_networks(r, "challenge"),
+        deny_ja4=_fingerprints(r, "deny_ja4"),
+    )
+
+
+def _fingerprints(t: _Table, key: str) -> tuple[str, ...]:
+    """JA4 fingerprints as the access log shows them, e.g. ``t13d1516h2_8daaf6152771_b186095e22b6``."""
+    found = []
+    for where, text in t.strings(key) or []:
+        if _JA4_RE.fullmatch(text) is None:
+            t.at(where, f"{text!r} is not a JA4 fingerprint; copy the \"ja4\" value of an access log line, e.g. "
+                 "'t13d1516h2_8daaf6152771_b186095e22b6'")
+        else:
+            found.append(text)
+    return tuple(found)
 
 
 def load_bans(t: _Table, key: str, *, default_scope: Literal["site", "global"]) -> BanConfig | None:

@@ -29,6 +29,7 @@ from . import certs
 from .cache import load_site_cache, load_storage
 from .errors import ConfigError, Problem
 from .guard import SITE_GUARD_KEYS, load_guard_settings, load_site_guard
+from .modes import load_keyless, load_passthrough, site_mode
 from .schema import (
     LETS_ENCRYPT,
     ORIGIN_CA_CLIENT,
@@ -110,6 +111,9 @@ _SITE_KEYS = (
     "pool",
     "route",
     "cache",
+    "mode",
+    "passthrough",
+    "keyless",
     *SITE_GUARD_KEYS,
 )
 _CERTIFICATE_KEYS = ("cert", "key")
@@ -516,15 +520,19 @@ def _site(
 ) -> SiteConfig:
     t = _Table(report, item, prefix, name, _SITE_KEYS)
     hosts = _hosts(t, host_owners)
-    managed = _managed_certificate(t, hosts, acme)
-    certificates = () if managed is not None else _certificates(t, hosts)
+    mode = site_mode(t)
+    special = mode != "terminate"
+    managed = None if special else _managed_certificate(t, hosts, acme)
+    certificates = () if managed is not None or special else _certificates(t, hosts)
+    keyless = load_keyless(t, hosts, _client_certificate_files) if mode == "keyless" else None
     defaults = _tls_defaults(t)
-    pools, pool_names = _pools(t, defaults)
+    pools, pool_names = _pools(t, defaults, passthrough=mode == "passthrough")
     _check_site_tls_used(t, defaults, pools)
     routes = _routes(t, [pool.config.name for pool in pools], pool_names)
     _check_routes_reach_pools(t, pools, routes)
     origin = t.table("origin")
-    redirect_http, hsts = _https_policy(t, has_certificates=bool(certificates or item.get("certificate")))
+    has_certificates = bool(certificates or item.get("certificate")) or special
+    redirect_http, hsts = _https_policy(t, has_certificates=has_certificates)
     return SiteConfig(
         name=name or "",
         hosts=tuple(host for _, host in hosts),
@@ -543,6 +551,9 @@ def _site(
             cache=load_site_cache(t),
             guard=load_site_guard(t),
             origin=_origin_timeouts(t.child(origin, f"{prefix}.origin", _ORIGIN)) if origin is not None else None,
+            mode=mode,
+            passthrough=load_passthrough(t) if mode == "passthrough" else None,
+            keyless=keyless,
         ),
     )
 
@@ -1094,7 +1105,7 @@ _POOL_KEYS = (
 )
 
 
-def _pools(t: _Table, defaults: _TlsDefaults) -> tuple[list[_Pool], set[str]]:
+def _pools(t: _Table, defaults: _TlsDefaults, *, passthrough: bool = False) -> tuple[list[_Pool], set[str]]:
     """The site's pools, the one `origins` makes first; also every pool name written, valid or not.
 
     Routes are checked against the written names too, so a pool whose name is refused does not also make every
@@ -1105,14 +1116,14 @@ def _pools(t: _Table, defaults: _TlsDefaults) -> tuple[list[_Pool], set[str]]:
     written: set[str] = set()
     if "origins" in t.data:
         taken[_SHORTHAND_POOL] = "the pool that `origins` makes (origins is a shorthand for a pool named 'default')"
-        pools.append(_pool(t, _SHORTHAND_POOL, defaults, shorthand=True))
+        pools.append(_pool(t, _SHORTHAND_POOL, defaults, shorthand=True, passthrough=passthrough))
     for index, item in t.tables("pool", "[[site.pool]]"):
         if isinstance(item.get("name"), str):
             written.add(item["name"])
         where = f"{t.prefix}.pool[{index}]"
         name = _entry_name(t, item, where, taken, "pool", "api")
         p = t.child(item, f"{t.prefix}.pool[{name}]" if name else where, _POOL_KEYS)
-        pools.append(_pool(p, name or "", defaults, shorthand=False))
+        pools.append(_pool(p, name or "", defaults, shorthand=False, passthrough=passthrough))
     if "origins" not in t.data and not t.data.get("pool"):
         t.problem(
             "origins",
@@ -1139,10 +1150,12 @@ def _check_sticky_cookie_names(t: _Table, pools: list[_Pool]) -> None:
             )
 
 
-def _pool(p: _Table, name: str, defaults: _TlsDefaults, *, shorthand: bool) -> _Pool:
+def _pool(p: _Table, name: str, defaults: _TlsDefaults, *, shorthand: bool, passthrough: bool = False) -> _Pool:
     """One pool; for the shorthand, ``p`` is the site's table and everything but the servers comes from the site."""
     servers_key = "origins" if shorthand else "servers"
     entries = _shorthand_entries(p) if shorthand else _server_entries(p)
+    if passthrough:
+        return _passthrough_pool(p, name, servers_key, entries, shorthand=shorthand)
     mode = _pool_mode(p, servers_key, entries, not shorthand and "origin_tls" in p.data, defaults)
     servers = _pool_servers(p, servers_key, entries, mode)
     tls, inherits = _pool_tls(p, mode, defaults, declared=not shorthand)
@@ -1150,6 +1163,37 @@ def _pool(p: _Table, name: str, defaults: _TlsDefaults, *, shorthand: bool) -> _
     settings = {} if shorthand else _pool_settings(p, servers)
     config = PoolConfig(name=name, servers=servers, origin_tls=mode, **_given(**tls, **settings))
     return _Pool(p.field(servers_key) if shorthand else p.prefix, config, inherits)
+
+
+def _passthrough_pool(
+    p: _Table, name: str, servers_key: str, entries: list[_ServerEntry], *, shorthand: bool
+) -> _Pool:
+    """A pass-through pool: its servers get the client's own TLS bytes, so they must speak TLS; the edge adds none.
+
+    Its origin_tls is "full" only so health checks (an https request) do not verify: the edge never terminates
+    these connections, the client verifies the origin's certificate itself.
+    """
+    for key in ("origin_tls", "origin_ca", "origin_server_name", "client_certificate"):
+        if not shorthand and key in p.data:
+            p.problem(key, "does not apply to a pass-through site: the edge does not speak TLS to its origins, the "
+                      "client does; remove it")
+    for entry in entries:
+        if entry.address.scheme == "http":
+            p.at(entry.where, "is http:// but a pass-through site forwards the client's TLS bytes, so the origin "
+                 "must speak TLS; use https:// or host:port")
+    servers = _pool_servers(p, servers_key, entries, "full")
+    settings = {} if shorthand else _pool_settings(p, servers)
+    config = PoolConfig(name=name, servers=servers, origin_tls="full", **_given(**settings))
+    return _Pool(p.field(servers_key) if shorthand else p.prefix, config, set())
+
+
+def _client_certificate_files(t: _Table, key: str) -> CertificateFiles | None:
+    """A ``{ cert, key }`` client certificate (the keyless edge identity): "origin-ca" does not apply there."""
+    value = _client_certificate(t, key)
+    if value == ORIGIN_CA_CLIENT:
+        t.problem(key, 'must be a table { cert = "...", key = "..." } issued by the CA the key servers trust')
+        return None
+    return value
 
 
 def _shorthand_entries(t: _Table) -> list[_ServerEntry]:

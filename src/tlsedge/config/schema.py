@@ -9,10 +9,13 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from tlsedge.config.cache import CacheStorage, SiteCache
 from tlsedge.config.guard import GuardSettings, SiteGuardConfig
+
+if TYPE_CHECKING:  # modes.py needs values.py, which needs this module
+    from tlsedge.config.modes import KeylessConfig, PassthroughConfig, SiteMode
 
 OriginTls = Literal["flexible", "full", "strict"]
 Balance = Literal["round_robin", "least_requests", "power_of_two", "hash"]
@@ -261,11 +264,14 @@ class SiteConfig:
     origin: OriginTimeouts = field(default_factory=OriginTimeouts)
     cache: SiteCache = field(default_factory=SiteCache)
     guard: SiteGuardConfig = field(default_factory=SiteGuardConfig)
+    mode: SiteMode = "terminate"
+    passthrough: PassthroughConfig | None = None  # for mode "passthrough"
+    keyless: KeylessConfig | None = None  # for mode "keyless"
 
     @property
     def serves_https(self) -> bool:
-        """The site has (or will get) a certificate: from files, ACME or an import."""
-        return bool(self.certificates) or self.managed_certificate is not None
+        """The site answers on https: a certificate from files, ACME or an import, or a pass-through/keyless mode."""
+        return bool(self.certificates) or self.managed_certificate is not None or self.mode != "terminate"
 
     @property
     def origins(self) -> tuple[Origin, ...]:

@@ -10,6 +10,9 @@ so a client asking for a name no site serves would only see a reset. Peeking (MS
 socket for OpenSSL) lets the edge answer such a client with a real ``unrecognized_name`` alert and never start
 a handshake for it. The same hook is where pass-through routing and accept-time limits belong.
 
+Pass-through and keyless sites are also handed over here, by SNI, before OpenSSL would see them: the edge has
+no certificate key for either.
+
 Only listeners that need it use this path; otherwise uvloop's own accept loop (in C) serves.
 """
 
@@ -25,7 +28,14 @@ from collections.abc import Callable
 from typing import Protocol
 
 from tlsedge.acme.answers import ACME_TLS_ALPN
-from tlsedge.tls.clienthello import NEED_MORE, Invalid, alert_record, parse_client_hello, unrecognized_name_alert
+from tlsedge.tls.clienthello import (
+    NEED_MORE,
+    ClientHello,
+    Invalid,
+    alert_record,
+    parse_client_hello,
+    unrecognized_name_alert,
+)
 from tlsedge.tls.server import TlsTable
 
 log = logging.getLogger("tlsedge.accept")
@@ -49,6 +59,7 @@ class PeekingTlsAcceptor:
         admit: Callable[[], bool],
         acme_answer: Callable[[str | None], ssl.SSLContext | None] | None = None,
         peer: PeerAdmission | None = None,
+        hellos: HelloHandler | None = None,
     ) -> None:
         self.loop = loop
         self.sock = sock
@@ -58,6 +69,7 @@ class PeekingTlsAcceptor:
         self.admit = admit
         self.acme_answer = acme_answer
         self.peer = peer
+        self.hellos = hellos
         self.waiting: dict[socket.socket, float] = {}  # peeking sockets and their deadlines
         self.admitted: dict[socket.socket, str] = {}  # sockets counted by `peer`, until HTTP owns them
         self.starting = 0  # connections in their TLS handshake
@@ -139,11 +151,21 @@ class PeekingTlsAcceptor:
         if self.acme_answer is not None and hello.alpn == (ACME_TLS_ALPN,):
             self._answer_acme(conn, hello.server_name)
             return
-        if self.tls.site_for_name(hello.server_name) is None:
+        site = self.tls.site_for_name(hello.server_name)
+        if site is None:
             with contextlib.suppress(OSError):
                 conn.send(unrecognized_name_alert())
             self._close(conn)
             return
+        hellos = self.hellos
+        if hellos is not None:
+            if not hellos.screen(conn, site, hello):
+                self._close(conn)
+                return
+            mode = self.tls.modes.get(site)
+            if mode is not None:
+                hellos.hand_over(conn, site, mode, hello, self.admitted.pop(conn, None))
+                return
         self.loop.create_task(self._start_tls(conn))
 
     def _answer_acme(self, conn: socket.socket, server_name: str | None) -> None:
@@ -208,6 +230,20 @@ class PeekingTlsAcceptor:
                 self.peer.closed(ip)  # a TLS-ALPN-01 validation: closed at once
         finally:
             self.starting -= 1
+
+
+class HelloHandler(Protocol):
+    """What the worker does with a complete ClientHello before any TLS work: fingerprint checks and hand-overs."""
+
+    def screen(self, conn: socket.socket, site: str, hello: ClientHello) -> bool:
+        """False closes the connection (e.g. a denied JA4 fingerprint)."""
+        ...
+
+    def hand_over(
+        self, conn: socket.socket, site: str, mode: str, hello: ClientHello, counted_ip: str | None
+    ) -> None:
+        """Take a pass-through or keyless connection; ``counted_ip`` must be given back to the admission once."""
+        ...
 
 
 class PeerAdmission(Protocol):

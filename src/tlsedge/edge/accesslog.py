@@ -31,14 +31,18 @@ class AccessLog:
         self._second = 0
         self._stamp = ""
 
-    def write(self, ex: Exchange, now: float) -> None:
-        """Record one finished exchange."""
+    def _now(self) -> str:
+        """The time stamp of a line, formatted once per second."""
         second = int(time.time())
         if second != self._second:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+        return self._stamp
+
+    def write(self, ex: Exchange, now: float) -> None:
+        """Record one finished exchange."""
         record = {
-            "time": self._stamp,
+            "time": self._now(),
             "request_id": ex.request_id,
             "site": ex.site.name if ex.site is not None else None,
             "client": ex.client_ip,
@@ -63,6 +67,12 @@ class AccessLog:
         if ex.error:
             record["error"] = ex.error
         self._lines.append(json.dumps(record, separators=(",", ":")))
+        if len(self._lines) >= _BATCH:
+            self.flush()
+
+    def write_record(self, record: dict) -> None:
+        """Record one line that is not an HTTP exchange (a pass-through tunnel), stamped like the others."""
+        self._lines.append(json.dumps({"time": self._now(), **record}, separators=(",", ":")))
         if len(self._lines) >= _BATCH:
             self.flush()
 

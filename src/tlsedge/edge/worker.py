@@ -16,6 +16,7 @@ import socket
 import ssl
 import time
 from time import monotonic
+from typing import TYPE_CHECKING
 
 import uvloop
 
@@ -27,7 +28,9 @@ from tlsedge.control.status import write_json_atomic
 from tlsedge.edge.acceptor import PeekingTlsAcceptor, UvloopListener
 from tlsedge.edge.accesslog import AccessLog
 from tlsedge.edge.exchange import Exchange
+from tlsedge.edge.hellos import HelloRouter
 from tlsedge.edge.http1 import ClientConnection, deadline_timeouts
+from tlsedge.edge.passthrough import Tunnel
 from tlsedge.guard.admission import Admission
 from tlsedge.guard.chain import GuardServices
 from tlsedge.guard.runtime import build_guards, needs_admission
@@ -37,6 +40,9 @@ from tlsedge.pipeline.site import SiteRuntime, UpstreamSetup
 from tlsedge.store import Store, StoreError, open_store
 from tlsedge.tls.server import TlsTable
 from tlsedge.upstream.tls import origin_ca_watch
+
+if TYPE_CHECKING:
+    from tlsedge.tls.keyless.runtime import KeylessSite
 
 log = logging.getLogger("tlsedge.worker")
 
@@ -78,6 +84,7 @@ class Edge:
         default = self.sites.get(config.server.default_site) if config.server.default_site else None
         self.router = HostRouter(list(self.sites.values()), default)
         self.clients: set[ClientConnection] = set()
+        self.tunnels: set[Tunnel] = set()  # pass-through connections
         self.draining = False
         https = config.server.https
         port = https[0].port if https else 443
@@ -115,6 +122,18 @@ class Edge:
             self.guard = build_guards(config, self.store, setup.guard_table, self.sites)
             if needs_admission(config):
                 self.peer = Admission(self.guard.global_rules, self.guard.bans, setup.guard_table, self.limits)
+        self.keyless: dict[str, KeylessSite] = {}
+        if tls is not None and tls.keyless_identities:
+            from tlsedge.tls.keyless.runtime import KeylessSite, ticket_keys  # aioquic only when a site needs it
+
+            tickets = ticket_keys(tls.ticket_keys)
+            identities = tls.keyless_identities
+            self.keyless = {name: KeylessSite(config.site(name), ident, tickets) for name, ident in identities.items()}
+        site_deny = {site.name: frozenset(site.guard.ip_rules.deny_ja4) for site in config.sites
+                     if site.guard.ip_rules.deny_ja4}
+        self.hellos = HelloRouter(self, self.keyless, frozenset(config.guard.ip_rules.deny_ja4), site_deny)
+        # The acceptor hands hellos over when a site is pass-through or keyless, or fingerprints are screened.
+        self.hellos_needed = bool((tls is not None and tls.modes) or self.hellos.screening)
 
     def tls_alpn_answer(self, server_name: str | None) -> ssl.SSLContext | None:
         """The TLS-ALPN-01 validation context for a name, when an order awaits it (else None)."""
@@ -149,17 +168,17 @@ class Edge:
 
     def connection_opened(self) -> None:
         """At max_connections this worker stops accepting, leaving new connections to workers with room."""
-        if len(self.clients) >= self.limits.max_connections and not self.full:
+        if len(self.clients) + len(self.tunnels) >= self.limits.max_connections and not self.full:
             self.full = True
             for listener in self.listeners:
                 listener.pause()
 
     def connection_closed(self) -> None:
-        if self.full and not self.draining and len(self.clients) < self.limits.max_connections:
+        if self.full and not self.draining and len(self.clients) + len(self.tunnels) < self.limits.max_connections:
             self.full = False
             for listener in self.listeners:
                 listener.resume()
-        if self.draining and not self.clients and self.idle_event is not None:
+        if self.draining and not self.clients and not self.tunnels and self.idle_event is not None:
             self.idle_event.set()
 
     def sweep(self) -> None:
@@ -167,6 +186,8 @@ class Edge:
         now = self.loop.time()
         for client in [c for c in self.clients if c.deadline and c.deadline <= now]:
             client.on_timeout()
+        for tunnel in list(self.tunnels):
+            tunnel.check(now)
         self._follow_health(now)
         for group in self.groups:
             group.sweep(now)
@@ -289,7 +310,9 @@ async def _serve(
     limits = config.server.limits
     for sock, is_tls in sockets:
         listener: PeekingTlsAcceptor | UvloopListener
-        if is_tls and (tls.site_for_name(None) is None or edge.tls_alpn_challenges or edge.peer is not None):
+        if is_tls and (
+            tls.site_for_name(None) is None or edge.tls_alpn_challenges or edge.peer is not None or edge.hellos_needed
+        ):
             # No default site: unknown names must get an unrecognized_name alert, which needs a look first; so do
             # ACME TLS-ALPN-01 validations (ALPN "acme-tls/1").
             listener = PeekingTlsAcceptor(
@@ -298,9 +321,10 @@ async def _serve(
                 tls,
                 lambda: ClientConnection(edge, True),
                 limits.handshake_timeout,
-                lambda: not edge.draining and len(edge.clients) < limits.max_connections,
+                lambda: not edge.draining and len(edge.clients) + len(edge.tunnels) < limits.max_connections,
                 edge.tls_alpn_answer if edge.tls_alpn_challenges else None,
                 edge.peer,
+                edge.hellos if edge.hellos_needed else None,
             )
         elif is_tls:
             listener = UvloopListener(
@@ -349,7 +373,7 @@ async def _serve(
     # Connections accepted just before the listeners closed may still be in their handshake: give them a moment.
     settle = loop.time() + DRAIN_SETTLE
     while loop.time() < deadline:
-        busy = bool(edge.clients) or any(listener.pending for listener in edge.listeners)
+        busy = bool(edge.clients or edge.tunnels) or any(listener.pending for listener in edge.listeners)
         if not busy and loop.time() >= settle:
             break
         edge.idle_event.clear()
@@ -362,6 +386,13 @@ async def _serve(
                     len(edge.clients))
         for client in list(edge.clients):
             client.transport.abort()
+    if edge.tunnels:
+        log.warning("worker %d: %d pass-through connections still open after drain_timeout; closing them",
+                    os.getpid(), len(edge.tunnels))
+        for tunnel in list(edge.tunnels):
+            tunnel.close("drain_timeout")
+    for site in edge.keyless.values():
+        await site.close()
     for conns in edge.connection_pools:
         conns.close_idle()
     edge.remove_stats()

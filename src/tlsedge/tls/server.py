@@ -18,7 +18,7 @@ import logging
 import ssl
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -46,6 +46,9 @@ TLS12_CIPHERS = ":".join(
 )
 GROUPS = "X25519:P-256:P-384"
 ALPN = ["http/1.1"]
+
+if TYPE_CHECKING:
+    from tlsedge.tls.keyless.engine import KeylessIdentity
 
 log = logging.getLogger("tlsedge.tls")
 
@@ -94,15 +97,19 @@ class TlsTable:
         ticket_keys: bytes,
         managed: dict[str, int] | None = None,
         store: Store | None = None,
+        modes: dict[str, str] | None = None,
     ) -> None:
         self._contexts = site_contexts
+        # Sites the acceptor handles before OpenSSL sees the connection: "passthrough" or "keyless".
+        self.modes: dict[str, str] = modes or {}
+        self.keyless_identities: dict[str, KeylessIdentity] = {}  # by site: public chains checked before forking
         self._ticket_keys = ticket_keys
         self._managed = managed or {}  # site -> serial of the stored certificate its context holds
         self._store = store
         self._certs_version = store.topic_version(CERTS_TOPIC) if store is not None and self._managed else 0
         self._exact = exact  # host -> site name
         self._wildcards = wildcards  # "b.example" (for "*.b.example") -> site name
-        self._default = default_site if default_site in site_contexts else None
+        self._default = default_site if default_site in site_contexts or default_site in self.modes else None
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         harden(self.context, ticket_keys)
         self.context.sni_callback = self._sni_callback
@@ -123,9 +130,10 @@ class TlsTable:
 
     def _sni_callback(self, ssl_object: Any, server_name: str | None, _ctx: ssl.SSLContext) -> int | None:
         site = self.site_for_name(server_name)
-        if site is None:
+        context = self._contexts.get(site) if site is not None else None
+        if context is None:  # unknown, or a pass-through/keyless site, which OpenSSL never serves
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
-        ssl_object.context = self._contexts[site]
+        ssl_object.context = context
         setattr(ssl_object, _SITE_ATTR, site)
         return None
 
@@ -137,6 +145,11 @@ class TlsTable:
     def sites(self) -> tuple[str, ...]:
         """Sites served over TLS by this table."""
         return tuple(self._contexts)
+
+    @property
+    def ticket_keys(self) -> bytes:
+        """The edge's session-ticket key material (the same in every worker; keyless tickets derive theirs)."""
+        return self._ticket_keys
 
     @property
     def store(self) -> Store | None:
@@ -190,23 +203,37 @@ def build_tls_table(config: Config, ticket_keys: bytes, store: Store | None = No
     managed: dict[str, int] = {}
     exact: dict[str, str] = {}
     wildcards: dict[str, str] = {}
+    modes: dict[str, str] = {}
     for site in config.sites:
         if not site.serves_https:
             continue
-        if site.managed_certificate is not None:
+        if site.mode != "terminate":
+            modes[site.name] = site.mode
+            ctx = None
+        elif site.managed_certificate is not None:
             ctx = _managed_context(config.path, site, ticket_keys, store, problems.append, managed)
         else:
             ctx = _site_context(config.path, site, ticket_keys, problems.append)
-        if ctx is None:
+        if ctx is None and site.mode == "terminate":
             continue
-        contexts[site.name] = ctx
+        if ctx is not None:
+            contexts[site.name] = ctx
         for host in site.hosts:
             host = host.lower().rstrip(".")
             table = wildcards if host.startswith("*.") else exact
             table.setdefault(host.removeprefix("*."), site.name)  # the loader reports duplicates; first one wins
+    keyless: dict[str, KeylessIdentity] = {}
+    if any(site.keyless is not None for site in config.sites):
+        # Imported only when needed: the keyless engine pulls in aioquic, which terminated sites do not use.
+        from tlsedge.tls.keyless.runtime import identities as keyless_identities
+
+        keyless, keyless_problems = keyless_identities(config)
+        problems += keyless_problems
     if problems:
         raise TlsSetupError(problems)
-    return TlsTable(contexts, exact, wildcards, config.server.default_site, ticket_keys, managed, store)
+    table = TlsTable(contexts, exact, wildcards, config.server.default_site, ticket_keys, managed, store, modes)
+    table.keyless_identities = keyless
+    return table
 
 
 def _managed_context(

@@ -114,6 +114,12 @@ class UpstreamServer:
         else:
             self.consecutive_failures = 0
 
+    def record_connect(self, latency: float) -> None:
+        """A pass-through connection reached the server: it is answering, so its failure run ends."""
+        self.requests += 1
+        self.latency = latency if not self.latency else self.latency + _LATENCY_SMOOTHING * (latency - self.latency)
+        self.consecutive_failures = 0
+
     def record_failure(self, now: float, reason: str) -> None:
         """A connect failure, a reset or a timeout."""
         self.requests += 1
