@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from tlsedge.commands import bans, cert, cert_revoke, certs, config_or_report, origin_ca, purge
+from tlsedge.commands import bans, cert, cert_revoke, certs, config_or_report, keyserver, origin_ca, purge
 from tlsedge.config import ConfigError, load_config
 
 
@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     origin_ca.register(commands)
     purge.register(commands)
     bans.register(commands)
+    keyserver.register(commands)
 
     demo = commands.add_parser("demo", help="run a demo edge with two sites in front of demo origins")
     demo.add_argument("--state-dir", default="./state", help="where the demo keeps its CA, certificates, config")

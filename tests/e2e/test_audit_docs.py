@@ -1,6 +1,6 @@
 """Audit of issues 2 and 3: "a TOML config ... documented field by field in docs/configuration.md", "limits with
 documented defaults", and the same for origin pools, health checks, outlier detection, sticky sessions, routes, the
-cache (issue 5) and the protection tables (issue 6).
+cache (issue 5), the protection tables (issue 6) and the trust-minimising modes (issue 7).
 Every key the loader accepts has a row in the section of the documentation that describes its table, every row there
 is a key the loader accepts, and every documented default, read through the loader's own reader (or written into a
 file and loaded, for tables read by functions rather than reader dicts), is the default the code really uses."""
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
 import tomllib
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -58,6 +59,14 @@ from tlsedge.config.load import (
     _Report,
     _Table,
 )
+from tlsedge.config.modes import (
+    KEYLESS_KEYS,
+    PASSTHROUGH_KEYS,
+    PASSTHROUGH_REFUSES,
+    SITE_MODES,
+    KeylessConfig,
+    PassthroughConfig,
+)
 from tlsedge.config.schema import (
     AcmeSettings,
     HealthCheck,
@@ -66,10 +75,14 @@ from tlsedge.config.schema import (
     OutlierDetection,
     PoolConfig,
     PoolServer,
+    SiteConfig,
     StickySessions,
 )
+from tlsedge.pki.local_ca import LocalCA
+from tlsedge.tls.keyless.client import format_pin, parse_pin, pin_for_certificate
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+TRUST_MODES = DOCS.parent / "trust-modes.md"
 
 # Keys whose value is a table documented in a section of its own, by the section's heading code.
 TABLE_SECTIONS = {
@@ -89,6 +102,8 @@ TABLE_SECTIONS = {
     "challenge": "[site.challenge]",
     "bypass": "[[site.challenge.bypass]]",
     "password": "[[site.password]]",
+    "passthrough": "[site.passthrough]",
+    "keyless": "[site.keyless]",
 }
 # The tables of the file's top level, by the heading code of their section.
 ROOT_SECTIONS = {"server": "[server]", "acme": "[acme]", "cache": "[cache]", "guard": "[guard]",
@@ -124,6 +139,8 @@ SECTIONS: dict[str, Collection[str]] = {
     "[site.challenge]": CHALLENGE_KEYS,
     "[[site.challenge.bypass]]": BYPASS_KEYS,
     "[[site.password]]": PASSWORD_KEYS,
+    "[site.passthrough]": PASSTHROUGH_KEYS,
+    "[site.keyless]": KEYLESS_KEYS,
 }
 # Defaults to check: (section, schema class, the loader's readers of that table).
 DEFAULTS: list[tuple[str, type, dict[str, Callable[[_Table, str], Any]]]] = [
@@ -153,7 +170,7 @@ def _sections() -> dict[str, dict[str, list[str]]]:
             code = re.search(r"`([^`]+)`", line)
             current = sections.setdefault(code.group(1) if code else line.lstrip("# "), {})
             continue
-        m = re.match(r"^\|\s*`([a-z_]+)`\s*\|(.*)\|\s*$", line)
+        m = re.match(r"^\|\s*`([a-z0-9_]+)`\s*\|(.*)\|\s*$", line)
         if m:
             current.setdefault(m.group(1), [cell.strip() for cell in m.group(2).split("|")])
     return sections
@@ -361,3 +378,84 @@ def test_documented_guard_defaults(section, tmp_path):
 def test_required_guard_keys_are_documented_as_required(section):
     assert {key: cells[1] for key, cells in SECTION_ROWS[section].items()} == dict.fromkeys(SECTIONS[section],
                                                                                             "required")
+
+
+# --- the trust-minimising modes (issue 7): loaded from files, since a keyless table needs real certificates ---------
+
+# The section listing the site keys a pass-through site refuses (a heading without a code span is named by its text).
+PASSTHROUGH_REFUSALS = "Keys a pass-through site refuses"
+# The documented way to compute a key server's pin, as written in both documents.
+PIN_COMMAND = ("openssl x509 -in ks.pem -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256"
+               " -binary | base64")
+KEYLESS_REQUIRED = ("certificate", "servers", "pins", "client_certificate")
+
+
+def _load_site(tmp_path: Path, site: list[str]) -> SiteConfig:
+    """A configuration of one site (``site``: its lines after the name and hosts) loaded; the site."""
+    text = [f'[server]\nstate_dir = "{tmp_path / "state"}"\nhttps = ["127.0.0.1:8443"]',
+            '[[site]]\nname = "s"\nhosts = ["s.example"]', *site]
+    path = tmp_path / "modes.toml"
+    path.write_text("\n".join(text) + "\n")
+    return load_config(path).sites[0]
+
+
+def _keyless_files(tmp_path: Path) -> list[str]:
+    """The required keys of [site.keyless], with a chain, a key-server pin and an edge certificate made now."""
+    ca = LocalCA.create()
+    chain = ca.issue(["s.example"])
+    (tmp_path / "chain.pem").write_bytes(chain.cert_pem)  # the public chain only: the key is not needed
+    keyserver = ca.issue(["keys.example"])
+    ca.issue(["edge-1.example"], client=True, server=False).write(tmp_path / "edge.pem", tmp_path / "edge.key")
+    pin = format_pin(pin_for_certificate(keyserver.cert_pem))
+    return ['certificate = "chain.pem"', 'servers = ["127.0.0.1:9443"]', f'pins = ["{pin}"]',
+            'client_certificate = { cert = "edge.pem", key = "edge.key" }']
+
+
+def test_site_mode_is_documented():
+    cells = SECTION_ROWS["[[site]]"]["mode"]
+    assert all(f'`"{mode}"`' in cells[0] for mode in SITE_MODES), cells[0]
+    real = {f.name: f.default for f in dataclasses.fields(SiteConfig)}["mode"]
+    assert _documented_default("[[site]]", "mode") == real == "terminate"
+
+
+def test_passthrough_refusals_are_documented():
+    """The documented list of keys a pass-through site refuses is the loader's list, no more, no less."""
+    assert set(SECTION_ROWS[PASSTHROUGH_REFUSALS]) == set(PASSTHROUGH_REFUSES)
+
+
+def test_documented_passthrough_defaults(tmp_path):
+    """[site.passthrough] written with its documented defaults loads as the table left out, and as the code's own."""
+    documented = {key: _documented_default("[site.passthrough]", key) for key in PASSTHROUGH_KEYS}
+    written = _load_site(tmp_path, ['mode = "passthrough"', 'origins = ["127.0.0.1:9443"]', "[site.passthrough]",
+                                    *(f"{key} = {_toml(value)}" for key, value in documented.items())])
+    absent = _load_site(tmp_path, ['mode = "passthrough"', 'origins = ["127.0.0.1:9443"]'])
+    assert written.passthrough == absent.passthrough == PassthroughConfig()
+
+
+def test_documented_keyless_defaults(tmp_path):
+    """[site.keyless]: the required keys say so, and timeout and ping_interval written with their documented defaults
+    load as left out, and as the code's own defaults."""
+    rows = SECTION_ROWS["[site.keyless]"]
+    assert {key for key, cells in rows.items() if cells[1].startswith("required")} == set(KEYLESS_REQUIRED)
+    required = _keyless_files(tmp_path)
+    optional = [key for key in KEYLESS_KEYS if key not in KEYLESS_REQUIRED]
+    documented = [f"{key} = {_toml(_documented_default('[site.keyless]', key))}" for key in optional]
+    site = ['mode = "keyless"', 'origins = ["http://127.0.0.1:9000"]', "[site.keyless]", *required]
+    written = _load_site(tmp_path, site + documented).keyless
+    absent = _load_site(tmp_path, site).keyless
+    assert written is not None and written == absent
+    real = {f.name: f.default for f in dataclasses.fields(KeylessConfig)}
+    assert {key: getattr(written, key) for key in optional} == {key: real[key] for key in optional}
+
+
+def test_documented_pin_command_gives_the_pin_the_edge_checks(tmp_path):
+    """The openssl pipeline both documents give, run on a key server certificate, prints the base64 SHA-256 of its
+    SubjectPublicKeyInfo: the pin the edge compares (written "sha256/" + output)."""
+    assert PIN_COMMAND in TRUST_MODES.read_text()
+    in_table = PIN_COMMAND.replace("|", "\\|")  # a pipe inside a table cell is escaped
+    assert any(line.startswith("| `pins` |") and f"`{in_table}`" in line for line in DOCS.read_text().splitlines())
+    keyserver = LocalCA.create().issue(["keys.example"], key_type="rsa")
+    (tmp_path / "ks.pem").write_bytes(keyserver.cert_pem)
+    run = subprocess.run(PIN_COMMAND, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=20)
+    assert run.returncode == 0, run.stderr
+    assert parse_pin("sha256/" + run.stdout.strip()) == pin_for_certificate(keyserver.cert_pem)

@@ -29,7 +29,7 @@ from . import certs
 from .cache import load_site_cache, load_storage
 from .errors import ConfigError, Problem
 from .guard import SITE_GUARD_KEYS, load_guard_settings, load_site_guard
-from .modes import load_keyless, load_passthrough, site_mode
+from .modes import PASSTHROUGH_POOL_REFUSES, load_keyless, load_passthrough, site_mode
 from .schema import (
     LETS_ENCRYPT,
     ORIGIN_CA_CLIENT,
@@ -1177,6 +1177,13 @@ def _passthrough_pool(
         if not shorthand and key in p.data:
             p.problem(key, "does not apply to a pass-through site: the edge does not speak TLS to its origins, the "
                       "client does; remove it")
+    for key in PASSTHROUGH_POOL_REFUSES:
+        if not shorthand and key in p.data:
+            p.problem(key, "does not apply to a pass-through site: it concerns HTTP requests, which the edge does "
+                      "not see; remove it")
+    if not shorthand and p.data.get("hash_on", "client_ip") != "client_ip":
+        p.problem("hash_on", "a pass-through site can only hash on the client's address (client_ip): headers, "
+                  "cookies and paths are encrypted")
     for entry in entries:
         if entry.address.scheme == "http":
             p.at(entry.where, "is http:// but a pass-through site forwards the client's TLS bytes, so the origin "

@@ -11,8 +11,6 @@ The loaders here read ``mode``, ``[site.passthrough]`` and ``[site.keyless]`` an
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from tlsedge.config import certs
 from tlsedge.config.values import name_covers, parse_origin
+from tlsedge.tls.keyless.client import parse_pin
 
 if TYPE_CHECKING:
     from tlsedge.config.load import _Table
@@ -34,9 +33,10 @@ KEYLESS_KEYS = ("certificate", "servers", "pins", "client_certificate", "timeout
 # What needs the plaintext or the edge's own TLS: a pass-through site cannot have any of it.
 PASSTHROUGH_REFUSES = (
     "certificate", "keyless", "cache", "waf", "rate_limit", "challenge", "password", "route", "hsts",
-    "max_body_size", "origin_tls", "origin_ca", "origin_server_name", "origin_client_certificate",
+    "max_body_size", "origin_tls", "origin_ca", "origin_server_name", "origin_client_certificate", "redirect_http",
 )  # fmt: skip
-_PIN_PREFIX = "sha256/"
+# Pool settings that only mean something for HTTP requests: a tunnel has no cookie and no retry budget.
+PASSTHROUGH_POOL_REFUSES = ("sticky", "retry_budget", "retry_timeout", "queue_timeout")
 _MIN_RSA_BITS = 2048
 
 
@@ -68,23 +68,6 @@ class KeylessConfig:
     client_certificate: CertificateFiles  # the edge's identity towards the key servers (mutual TLS)
     timeout: float = 2.0  # one signature, failover included; then the handshake fails
     ping_interval: float = 5.0  # health pings to each key server
-
-
-def parse_pin(text: str) -> bytes:
-    """A public-key pin written ``sha256/<base64 of the 32-byte SHA-256 of the SubjectPublicKeyInfo>`` (as HPKP)."""
-    if not text.startswith(_PIN_PREFIX):
-        raise ValueError(f"{text!r} is not a pin; write 'sha256/<base64>' (`tlsedge keyserver pin` prints it)")
-    try:
-        raw = base64.b64decode(text[len(_PIN_PREFIX) :], validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError(f"{text!r}: the part after 'sha256/' is not base64") from None
-    if len(raw) != 32:
-        raise ValueError(f"{text!r}: a SHA-256 pin is 32 bytes, this one is {len(raw)}")
-    return raw
-
-
-def format_pin(digest: bytes) -> str:
-    return _PIN_PREFIX + base64.b64encode(digest).decode("ascii")
 
 
 def site_mode(t: _Table) -> SiteMode:
@@ -139,8 +122,8 @@ def load_keyless(
     if chain_path is not None:
         _check_chain(k, chain_path, hosts)
     servers = _servers(k)
-    k.require("pins", 'pin the key servers\' certificates, e.g. pins = ["sha256/..."] (`tlsedge keyserver pin '
-              '-c keyserver.toml` prints it)')
+    k.require("pins", 'pin the key servers\' certificates, e.g. pins = ["sha256/..."] (`tlsedge keyserver -c '
+              'keyserver.toml --pin` prints it)')
     written = k.strings("pins") or []
     pins = tuple(pin for where, text in written if (pin := k.attempt(where, lambda s=text: parse_pin(s))))
     if "pins" in k.data and not pins and k.data["pins"] == []:

@@ -24,6 +24,7 @@ import uvloop
 from tlsedge.config.schema import Config, HealthCheck, Origin, PoolConfig, SiteConfig
 from tlsedge.control.status import run_dir, write_json_atomic
 from tlsedge.upstream.health import HealthState, ProbeResult, probe
+from tlsedge.upstream.proxy_protocol import proxy_v2_local
 from tlsedge.upstream.shared import SharedHealth, health_slots
 
 log = logging.getLogger("tlsedge.monitor")
@@ -46,6 +47,7 @@ class Target:
     ssl_context: ssl.SSLContext | None
     server_name: str | None
     state: HealthState
+    preface: bytes = b""  # sent before TLS: a PROXY v2 LOCAL header for pass-through origins that expect one
     checks: int = 0
     failed: int = 0
     last_check: float | None = None  # unix time
@@ -102,16 +104,22 @@ def build_targets(config: Config, shared: SharedHealth, tls_for: TlsFor) -> list
                 if slot in targets:
                     continue
                 ssl_context, server_name = tls_for(site, pool, server.origin)
+                host = check_host(site, pool.health, server.origin)
+                preface = b""
+                if site.passthrough is not None:
+                    server_name = host.rsplit(":", 1)[0]  # checked as clients reach it: by the site name
+                    preface = proxy_v2_local() if site.passthrough.proxy_protocol else b""
                 targets[slot] = Target(
                     site=site.name,
                     pool=pool.name,
                     origin=server.origin,
                     slot=slot,
                     check=pool.health,
-                    host=check_host(site, pool.health, server.origin),
+                    host=host,
                     ssl_context=ssl_context,
                     server_name=server_name,
                     state=HealthState(pool.health.rise, pool.health.fall, shared.is_up(slot)),
+                    preface=preface,
                 )
     return list(targets.values())
 
@@ -141,7 +149,8 @@ async def _check_forever(target: Target, shared: SharedHealth) -> None:
     await asyncio.sleep(random.random() * interval)  # spread the checks so they do not all fire at once
     while True:
         started = loop.time()
-        result = await probe(target.origin, target.check, target.ssl_context, target.server_name, target.host)
+        result = await probe(target.origin, target.check, target.ssl_context, target.server_name, target.host,
+                             target.preface)
         record(target, result, shared, time.time())
         await asyncio.sleep(max(0.0, started + interval - loop.time()))
 

@@ -148,10 +148,14 @@ class PeekingTlsAcceptor:
             log.info("closing connection that did not start with a TLS ClientHello: %s", hello.reason)
             self._close(conn)
             return
-        if self.acme_answer is not None and hello.alpn == (ACME_TLS_ALPN,):
+        site = self.tls.site_for_name(hello.server_name)
+        if (
+            self.acme_answer is not None
+            and hello.alpn == (ACME_TLS_ALPN,)
+            and (site is None or self.tls.modes.get(site) != "passthrough")  # its origin answers its own challenges
+        ):
             self._answer_acme(conn, hello.server_name)
             return
-        site = self.tls.site_for_name(hello.server_name)
         if site is None:
             with contextlib.suppress(OSError):
                 conn.send(unrecognized_name_alert())

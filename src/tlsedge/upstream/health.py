@@ -125,8 +125,9 @@ class _Probe:
     """One check in progress; ``phase`` names what it was doing, for the reason given when it times out or fails."""
 
     def __init__(self, origin: Origin, check: HealthCheck, ssl_context: ssl.SSLContext | None,
-                 server_name: str | None, host: str) -> None:
+                 server_name: str | None, host: str, preface: bytes) -> None:
         self.origin = origin
+        self.preface = preface
         self.check = check
         self.ssl_context = ssl_context
         self.server_name = server_name
@@ -141,6 +142,8 @@ class _Probe:
 
     async def run(self) -> tuple[bool, str]:
         reader, self.writer = await asyncio.open_connection(self.origin.host.strip("[]"), self.origin.port)
+        if self.preface:
+            self.writer.write(self.preface)
         if self.ssl_context is not None:
             self.phase = _TLS
             await self.writer.start_tls(self.ssl_context, server_hostname=self.server_name)
@@ -210,13 +213,13 @@ class _Probe:
 
 
 async def probe(origin: Origin, check: HealthCheck, ssl_context: ssl.SSLContext | None, server_name: str | None,
-                host: str) -> ProbeResult:
+                host: str, preface: bytes = b"") -> ProbeResult:
     """Check ``origin`` once: fresh connection (TLS when ``ssl_context`` is given), ``GET check.path``, judge the
     status range and, when ``check.body`` is set, the first 64 KiB of the body; everything within ``check.timeout``.
 
     Never raises for what the origin does: every failure becomes a ProbeResult with a reason.
     """
-    attempt = _Probe(origin, check, ssl_context, server_name, host)
+    attempt = _Probe(origin, check, ssl_context, server_name, host, preface)
     start = time.monotonic()
     try:
         async with asyncio.timeout(check.timeout):

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tlsedge.config.errors import Problem
 from tlsedge.config.schema import Config, SiteConfig
-from tlsedge.tls.keyless.client import KeyserverEndpoint, KeyserverPool
+from tlsedge.tls.keyless.client import KeyserverEndpoint, KeyserverPool, client_key_problem
 from tlsedge.tls.keyless.engine import KeylessIdentity, KeylessServerConnection, SignatureNeeded
 from tlsedge.tls.keyless.tickets import TicketKeys
 from tlsedge.tls.keyless.transport import KeylessProtocol
@@ -39,6 +39,10 @@ def identities(config: Config) -> tuple[dict[str, KeylessIdentity], list[Problem
         except (OSError, ValueError) as exc:
             reason = f"{path}: cannot serve this chain keylessly: {exc}"
             problems.append(Problem(config.path, f"site[{site.name}].keyless.certificate", reason, site.name))
+        unsafe = client_key_problem(site.keyless.client_certificate.key)
+        if unsafe is not None:
+            problems.append(Problem(config.path, f"site[{site.name}].keyless.client_certificate.key", unsafe,
+                                    site.name))
     return found, problems
 
 
@@ -67,6 +71,9 @@ class KeylessSite:
             site=site.name,
         )
         self.started = False
+        # Clients without SNI (reaching the site as default_site) sign for the site's first exact name.
+        exact = [host for host in site.hosts if not host.startswith("*.")]
+        self.default_name = exact[0] if exact else None
 
     def protocol(
         self,
@@ -84,6 +91,7 @@ class KeylessSite:
         if not self.started:
             self.started = True
             self.pool.start()
+        server_name = server_name or self.default_name
         engine = KeylessServerConnection(
             self.identity, tickets=self.tickets, alpn_protocols=alpn, server_name=server_name
         )
