@@ -292,6 +292,13 @@ class Edge:
         servers = [
             {"site": site.name, **server.stats()} for site in self.sites.values() for server in site.servers
         ]
+        for name, keyless in self.keyless.items():  # key servers show as the pool "keyserver" of their site
+            for entry in keyless.pool.status():
+                servers.append({
+                    "site": name, "pool": "keyserver", "server": entry["endpoint"],
+                    "state": "down" if entry["state"] == "down" else "up", "active": entry["in_flight"],
+                    "connections": int(entry["connected"]), "latency_ms": entry["rtt_ms"] or 0.0,
+                })  # fmt: skip
         try:
             write_json_atomic(self.stats_path, {"pid": os.getpid(), "time": time.time(), "servers": servers})
         except OSError as exc:
