@@ -98,6 +98,13 @@ def test_non_zero_flags_break_framing() -> None:
         FrameReader().feed(HEADER.pack(1, 0, Opcode.PING, 0x80, 1, 0))
 
 
+def test_frames_before_a_break_are_handed_over_with_the_error() -> None:
+    reader = FrameReader()
+    with pytest.raises(FrameError) as caught:
+        reader.feed(sign_frame(1) + encode_ping(2) + HEADER.pack(1, 0, Opcode.PING, 1, 3, 0) + sign_frame(4))
+    assert [f.request_id for f in caught.value.frames] == [1, 2] and caught.value.request_id == 3
+
+
 def test_encode_refuses_what_the_peer_would_refuse() -> None:
     with pytest.raises(ValueError, match="limit"):
         encode_frame(Opcode.PING, 1, [(0x80, bytes(MAX_BODY))])
@@ -179,3 +186,14 @@ def test_error_text_is_cut_at_255_bytes_on_a_character_boundary() -> None:
 def test_scheme_names() -> None:
     assert scheme_name(0x0804) == "rsa_pss_rsae_sha256"
     assert scheme_name(0x0401) == "0x0401"
+
+
+def test_the_fast_sign_encoder_matches_the_generic_one() -> None:
+    fields = [(1, KEY_ID), (2, b"\x08\x04"), (3, PAYLOAD), (4, b"shop.example"), (5, bytes([192, 0, 2, 1]))]
+    assert sign_frame(9, algorithm=0x0804) == encode_frame(Opcode.SIGN, 9, fields)
+    assert decode_sign(one(sign_frame(client_ip="[::1]"))).client_ip == "::1"
+    assert decode_sign(one(sign_frame(client_ip="fe80::1%eth0"))).client_ip is None
+    with pytest.raises(ValueError, match="key id is 32 bytes"):
+        sign_frame(key_id=KEY_ID[:31])
+    with pytest.raises(ValueError, match="limit"):
+        sign_frame(payload=bytes(MAX_BODY))

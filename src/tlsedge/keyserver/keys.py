@@ -6,7 +6,6 @@ the same value from the site's certificate, so no name or serial number has to b
 
 from __future__ import annotations
 
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from tlsedge.config.errors import ConfigError, Problem
 from tlsedge.keyserver.config import KeyserverConfig
+from tlsedge.pki.local_ca import private_file_problem
 from tlsedge.tls.keyless.wire import SignatureScheme, key_id
 
 MIN_RSA_BITS = 2048
@@ -59,21 +59,6 @@ class SigningKey:
             return key.sign(payload, _ECDSA[algorithm])
         assert isinstance(key, ed25519.Ed25519PrivateKey)
         return key.sign(payload)
-
-
-def private_file_problem(path: Path) -> str | None:
-    """Why a private key file may not be used (not a regular file, readable or writable by others), or None."""
-    try:
-        info = path.stat()
-    except OSError as exc:
-        return f"cannot read {path}: {exc.strerror or exc}"
-    if not stat.S_ISREG(info.st_mode):
-        return f"{path} is not a regular file"
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & 0o077:
-        return (f"{path} has mode {mode:04o}: other users could read or replace the private key; "
-                f"restrict it with: chmod 600 {path}")
-    return None
 
 
 def load_private_key(path: Path) -> tuple[str, PrivateKeyTypes]:

@@ -30,7 +30,7 @@ from pathlib import Path
 from tlsedge.config.errors import ConfigError, Problem
 from tlsedge.config.values import bind_address
 from tlsedge.keyserver.config import KeyserverConfig, load_config
-from tlsedge.keyserver.keys import SigningKey, load_keyring, private_file_problem
+from tlsedge.keyserver.keys import SigningKey, load_keyring
 from tlsedge.keyserver.oplog import OpLog
 from tlsedge.keyserver.policy import (
     RATE_REFUSAL,
@@ -42,6 +42,7 @@ from tlsedge.keyserver.policy import (
     check_server_name,
     edge_identities,
 )
+from tlsedge.pki.local_ca import private_file_problem
 from tlsedge.tls.keyless.wire import (
     MAX_FRAME,
     ErrorCode,
@@ -234,11 +235,10 @@ class _Connection(asyncio.Protocol):
     async def _handshake(self, plain: asyncio.Transport) -> None:
         server = self.server
         try:
-            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-                transport = await self._loop.start_tls(
-                    plain, self, server.setup.context, server_side=True, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
-                )
-        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            transport = await self._loop.start_tls(
+                plain, self, server.setup.context, server_side=True, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
+            )
+        except (ssl.SSLError, OSError) as exc:
             reason = _tls_reason(exc)
             log.warning("edge %s refused at the TLS handshake: %s", self.peer, reason)
             server.oplog.record("handshake", peer=self.peer, result="refused", reason=reason)
@@ -277,6 +277,8 @@ class _Connection(asyncio.Protocol):
         try:
             frames = self._frames.feed(data)
         except FrameError as exc:
+            for frame in exc.frames:
+                self._handle(frame)
             self._send(encode_error(exc.request_id, exc.code, str(exc)))
             self.close(f"protocol error: {exc}")
             return
@@ -363,6 +365,7 @@ class _Connection(asyncio.Protocol):
             self._send(encode_error(frame.request_id, exc.code, str(exc)))
             self.server.oplog.record("request", edge=self.edge, peer=self.peer, opcode=frame.opcode,
                                      result=f"refused: {exc.code.name.lower()}", reason=str(exc))
+
     def _sign(self, request: SignRequest, request_id: int, started: float) -> None:
         server = self.server
         setup = server.setup
@@ -472,6 +475,4 @@ def _tls_reason(exc: BaseException) -> str:
         return f"client certificate not accepted: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError) and exc.reason:
         return exc.reason.lower().replace("_", " ")
-    if isinstance(exc, TimeoutError):
-        return "handshake timed out"
     return str(exc) or type(exc).__name__

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,6 +39,21 @@ def write_private(path: Path, data: bytes) -> None:
         os.write(fd, data)
     finally:
         os.close(fd)
+
+
+def private_file_problem(path: Path) -> str | None:
+    """Why a private key file may not be used (not a regular file, readable or writable by others), or None."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    if not stat.S_ISREG(info.st_mode):
+        return f"{path} is not a regular file"
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        return (f"{path} has mode {mode:04o}: other users could read or replace the private key; "
+                f"restrict it with: chmod 600 {path}")
+    return None
 
 
 def _write_public(path: Path, data: bytes) -> None:

@@ -17,16 +17,17 @@ import base64
 import binascii
 import os
 import ssl
-import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 
+from tlsedge.pki.local_ca import private_file_problem
 from tlsedge.tls.keyless.wire import (
     RETRYABLE_ERRORS,
     ErrorReply,
+    Frame,
     FrameError,
     FrameReader,
     MessageError,
@@ -94,18 +95,6 @@ def parse_pin(text: str) -> bytes:
     return digest
 
 
-def client_key_problem(path: Path) -> str | None:
-    """Why the edge's client key file may not be used (others may read or replace it), or None."""
-    try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except OSError as exc:
-        return f"cannot read the key server client key {path}: {exc.strerror or exc}"
-    if mode & 0o077:
-        return (f"the key server client key {path} has mode {mode:04o}: other users could read it and sign "
-                f"as this edge; restrict it with: chmod 600 {path}")
-    return None
-
-
 def client_context(client_cert: Path, client_key: Path) -> ssl.SSLContext:
     """The edge's TLS context for key servers: TLS 1.3, its client certificate, and *no* CA or hostname check.
 
@@ -115,7 +104,7 @@ def client_context(client_cert: Path, client_key: Path) -> ssl.SSLContext:
     key. A CA would add only a way to be fooled by another certificate it issued; a hostname adds nothing when the
     key itself is fixed. ValueError names the file and the reason.
     """
-    problem = client_key_problem(client_key)
+    problem = private_file_problem(client_key)
     if problem is not None:
         raise ValueError(problem)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -149,8 +138,12 @@ class _Connection(asyncio.Protocol):
         try:
             frames = self._frames.feed(data)
         except FrameError as exc:
+            self._answer(exc.frames)
             self._abort(f"protocol error from the key server: {exc}")
             return
+        self._answer(frames)
+
+    def _answer(self, frames: list[Frame]) -> None:
         pending = self._pending
         self._answered = self._answered or bool(frames)
         for frame in frames:

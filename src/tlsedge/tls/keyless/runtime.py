@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tlsedge.config.errors import Problem
 from tlsedge.config.schema import Config, SiteConfig
-from tlsedge.tls.keyless.client import KeyserverEndpoint, KeyserverPool, client_key_problem
+from tlsedge.pki.local_ca import private_file_problem
+from tlsedge.tls.keyless.client import KeyserverEndpoint, KeyserverPool
 from tlsedge.tls.keyless.engine import KeylessIdentity, KeylessServerConnection, SignatureNeeded
 from tlsedge.tls.keyless.tickets import TicketKeys
 from tlsedge.tls.keyless.transport import KeylessProtocol
@@ -39,7 +40,7 @@ def identities(config: Config) -> tuple[dict[str, KeylessIdentity], list[Problem
         except (OSError, ValueError) as exc:
             reason = f"{path}: cannot serve this chain keylessly: {exc}"
             problems.append(Problem(config.path, f"site[{site.name}].keyless.certificate", reason, site.name))
-        unsafe = client_key_problem(site.keyless.client_certificate.key)
+        unsafe = private_file_problem(site.keyless.client_certificate.key)
         if unsafe is not None:
             problems.append(Problem(config.path, f"site[{site.name}].keyless.client_certificate.key", unsafe,
                                     site.name))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import ipaddress
+import socket
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -91,6 +91,10 @@ class ErrorCode(enum.IntEnum):
 
 RETRYABLE_ERRORS = frozenset({ErrorCode.SHUTTING_DOWN})
 _KNOWN_TAGS = frozenset(int(tag) for tag in Tag)
+# Plain ints for the per-request encoder (IntEnum members are slower to pack).
+_SIGN, _KEY_ID, _ALGORITHM, _PAYLOAD = int(Opcode.SIGN), int(Tag.KEY_ID), int(Tag.ALGORITHM), int(Tag.PAYLOAD)
+_SERVER_NAME, _CLIENT_IP = int(Tag.SERVER_NAME), int(Tag.CLIENT_IP)
+_SIGN_FIXED = struct.Struct(f"!BH{KEY_ID_SIZE}sBHHBH")  # KEY_ID field, ALGORITHM field, PAYLOAD field header
 
 
 class SignatureScheme(enum.IntEnum):
@@ -122,7 +126,16 @@ class WireError(Exception):
 
 
 class FrameError(WireError):
-    """The stream cannot be framed any more: answer (if the id is known) and close the connection."""
+    """The stream cannot be framed any more: answer (if the id is known) and close the connection.
+
+    ``frames`` holds the frames that were complete before the break, in the same read: handle them first.
+    """
+
+    frames: list[Frame]
+
+    def __init__(self, code: ErrorCode, message: str, request_id: int = 0, frames: list[Frame] | None = None) -> None:
+        super().__init__(code, message, request_id)
+        self.frames = frames or []
 
 
 class MessageError(WireError):
@@ -167,7 +180,8 @@ class FrameReader:
     """Cuts a byte stream into frames: ``feed(bytes)`` returns the frames completed so far.
 
     Lengths are checked as soon as a header is complete, so a peer cannot make it buffer more than one maximal frame.
-    After a `FrameError` the reader is unusable (the stream position is lost); close the connection.
+    After a `FrameError` (whose ``frames`` are the good frames before the break) the reader is unusable: the stream
+    position is lost; close the connection.
     """
 
     __slots__ = ("_buffer", "_failed")
@@ -187,14 +201,11 @@ class FrameReader:
         header_size = HEADER.size
         while end - start >= header_size:
             major, minor, opcode, flags, request_id, length = HEADER.unpack_from(buffer, start)
-            if flags:
+            if flags or length > MAX_BODY:
                 self._failed = True
-                raise FrameError(ErrorCode.BAD_REQUEST, f"header flags must be 0, not 0x{flags:02x}", request_id)
-            if length > MAX_BODY:
-                self._failed = True
-                raise FrameError(
-                    ErrorCode.BAD_REQUEST, f"frame body of {length} bytes exceeds the {MAX_BODY}-byte limit", request_id
-                )
+                reason = (f"header flags must be 0, not 0x{flags:02x}" if flags else
+                          f"frame body of {length} bytes exceeds the {MAX_BODY}-byte limit")
+                raise FrameError(ErrorCode.BAD_REQUEST, reason, request_id, frames)
             stop = start + header_size + length
             if stop > end:
                 break
@@ -227,14 +238,25 @@ def encode_frame(opcode: int, request_id: int, fields: Iterable[tuple[int, bytes
 def encode_sign(
     request_id: int, *, key_id: bytes, algorithm: int, payload: bytes, server_name: str | None, client_ip: str | None
 ) -> bytes:
-    """A SIGN request. ``client_ip`` that is not an IP address (e.g. a Unix socket peer) is left out."""
-    fields = [(Tag.KEY_ID, key_id), (Tag.ALGORITHM, _U16.pack(algorithm)), (Tag.PAYLOAD, payload)]
+    """A SIGN request (built in one join: it is on every keyless handshake's path). ``client_ip`` that is not an IP
+    address (e.g. a Unix socket peer) is left out; ValueError for a key id of the wrong size or a payload too long."""
+    if len(key_id) != KEY_ID_SIZE:
+        raise ValueError(f"a key id is {KEY_ID_SIZE} bytes, not {len(key_id)}")
+    parts = [b"", _SIGN_FIXED.pack(_KEY_ID, KEY_ID_SIZE, key_id, _ALGORITHM, 2, algorithm, _PAYLOAD, len(payload)),
+             payload]
+    size = _SIGN_FIXED.size + len(payload)
     if server_name:
-        fields.append((Tag.SERVER_NAME, server_name.encode("ascii", "replace")))
+        name = server_name.encode("ascii", "replace")
+        parts += (_TLV.pack(_SERVER_NAME, len(name)), name)
+        size += _TLV.size + len(name)
     packed_ip = _pack_ip(client_ip)
     if packed_ip is not None:
-        fields.append((Tag.CLIENT_IP, packed_ip))
-    return encode_frame(Opcode.SIGN, request_id, fields)
+        parts += (_TLV.pack(_CLIENT_IP, len(packed_ip)), packed_ip)
+        size += _TLV.size + len(packed_ip)
+    if size > MAX_BODY:
+        raise ValueError(f"frame body of {size} bytes exceeds the {MAX_BODY}-byte limit")
+    parts[0] = HEADER.pack(VERSION_MAJOR, VERSION_MINOR, _SIGN, 0, request_id, size)
+    return b"".join(parts)
 
 
 def encode_ping(request_id: int, data: bytes = b"") -> bytes:
@@ -306,7 +328,7 @@ def decode_sign(frame: Frame) -> SignRequest:
     if raw_ip is not None:
         if len(raw_ip) not in (4, 16):
             raise MessageError(ErrorCode.BAD_REQUEST, f"client IP must be 4 or 16 bytes, not {len(raw_ip)}", rid)
-        client_ip = str(ipaddress.ip_address(raw_ip))
+        client_ip = socket.inet_ntop(socket.AF_INET if len(raw_ip) == 4 else socket.AF_INET6, raw_ip)
     return SignRequest(key_id, algorithm, payload, server_name, client_ip)
 
 
@@ -360,6 +382,6 @@ def _pack_ip(text: str | None) -> bytes | None:
     if not text:
         return None
     try:
-        return ipaddress.ip_address(text.strip("[]")).packed
-    except ValueError:
+        return socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text.strip("[]"))
+    except OSError:
         return None
