@@ -32,11 +32,11 @@ from tlsedge.tls.keyless.engine import (
     CloseNotify,
     Event,
     HandshakeComplete,
-    KeylessIdentity,
     KeylessServerConnection,
     ProtocolError,
     SignatureNeeded,
 )
+from tlsedge.tls.keyless.identity import KeylessIdentity
 from tlsedge.tls.keyless.tickets import TicketKeys
 
 NAME = "site.example"

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, rsa
 from keyless_engine_support import leaf_pem, new_key
 
 from tlsedge.pki.local_ca import LocalCA
-from tlsedge.tls.keyless.engine import KeylessIdentity
+from tlsedge.tls.keyless.identity import KeylessIdentity
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,8 @@ from tlsedge.tls.keyless.engine import (
     KeylessServerConnection,
     ProtocolError,
     SignatureNeeded,
+)
+from tlsedge.tls.keyless.messages import (
     encode_certificate_verify,
     encode_encrypted_extensions,
     encode_new_session_ticket,

@@ -59,6 +59,9 @@ class _Side(asyncio.Protocol):
     def eof_received(self) -> bool:
         """Half-close: pass the end of this direction on, keep the other direction open until it ends too."""
         self.eof = True
+        tunnel = self.tunnel
+        if tunnel.end is None:  # the log names who ended the exchange, not who closed last
+            tunnel.end = ("client" if self is tunnel.client else "origin") + " closed"
         other = self.other
         if other is None or other.transport is None or other.eof or not other.transport.can_write_eof():
             return False  # close this side now; connection_lost ends the tunnel

@@ -48,7 +48,7 @@ GROUPS = "X25519:P-256:P-384"
 ALPN = ["http/1.1"]
 
 if TYPE_CHECKING:
-    from tlsedge.tls.keyless.engine import KeylessIdentity
+    from tlsedge.tls.keyless.identity import KeylessIdentity
 
 log = logging.getLogger("tlsedge.tls")
 

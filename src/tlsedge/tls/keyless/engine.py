@@ -26,7 +26,7 @@ import os
 import struct
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 from aioquic.buffer import Buffer, BufferReadError
@@ -42,19 +42,27 @@ from aioquic.tls import (
     HandshakeType,
     KeySchedule,
     PskKeyExchangeMode,
-    SignatureAlgorithm,
     cipher_suite_hash,
     hkdf_expand_label,
     negotiate,
     pull_client_hello,
     signature_algorithm_params,
 )
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.hazmat.primitives import hashes
 
+from tlsedge.tls.keyless.identity import KeylessIdentity
+from tlsedge.tls.keyless.messages import (
+    GROUP_NAMES,
+    encode_certificate_verify,
+    encode_encrypted_extensions,
+    encode_new_session_ticket,
+    encode_server_hello,
+    extension,
+    extension_types,
+    handshake_message,
+    key_exchange,
+)
 from tlsedge.tls.keyless.records import (
     ALERT,
     APPLICATION_DATA,
@@ -79,7 +87,7 @@ SUITE_NAMES = {
     CipherSuite.AES_256_GCM_SHA384: "TLS_AES_256_GCM_SHA384",
     CipherSuite.CHACHA20_POLY1305_SHA256: "TLS_CHACHA20_POLY1305_SHA256",
 }
-GROUP_NAMES = {Group.X25519: "x25519", Group.SECP256R1: "secp256r1", Group.SECP384R1: "secp384r1"}
+
 
 # The special ServerHello.random of a HelloRetryRequest: SHA-256("HelloRetryRequest") (RFC 8446 4.1.3).
 HELLO_RETRY_RANDOM = hashlib.sha256(b"HelloRetryRequest").digest()
@@ -94,88 +102,7 @@ KEY_UPDATE_AFTER = 1 << 23  # records under one write key before we rekey (AES-G
 TICKET_AGE_TOLERANCE_MS = 60_000  # the client's idea of the ticket's age vs ours (clock skew between edges, RTT)
 MAX_TICKET_LIFETIME = 604_800  # seven days (RFC 8446 4.6.1)
 
-_ECDSA_ALGORITHMS = {
-    "secp256r1": (SignatureAlgorithm.ECDSA_SECP256R1_SHA256,),
-    "secp384r1": (SignatureAlgorithm.ECDSA_SECP384R1_SHA384,),
-}
-# PSS with rsaEncryption keys only: TLS 1.3 forbids PKCS#1 v1.5 in CertificateVerify (RFC 8446 4.4.3).
-_RSA_ALGORITHMS = (
-    SignatureAlgorithm.RSA_PSS_RSAE_SHA256,
-    SignatureAlgorithm.RSA_PSS_RSAE_SHA384,
-    SignatureAlgorithm.RSA_PSS_RSAE_SHA512,
-)
-_CURVES = {Group.SECP256R1: (ec.SECP256R1(), 65), Group.SECP384R1: (ec.SECP384R1(), 97)}
 
-
-def signature_algorithms_for(public_key: CertificatePublicKeyTypes) -> tuple[int, ...]:
-    """The TLS 1.3 SignatureSchemes a certificate's key can make, in preference order; ValueError if none."""
-    if isinstance(public_key, ec.EllipticCurvePublicKey):
-        algorithms = _ECDSA_ALGORITHMS.get(public_key.curve.name)
-        if algorithms is None:
-            raise ValueError(f"ECDSA curve {public_key.curve.name} is not supported: use P-256 or P-384")
-        return algorithms
-    if isinstance(public_key, rsa.RSAPublicKey):
-        if public_key.key_size < 2048:
-            raise ValueError(f"RSA key of {public_key.key_size} bits is too small: use 2048 bits or more")
-        return _RSA_ALGORITHMS
-    if isinstance(public_key, ed25519.Ed25519PublicKey):
-        return (SignatureAlgorithm.ED25519,)
-    raise ValueError(
-        f"{type(public_key).__name__} keys are not supported: use ECDSA P-256/P-384, RSA or Ed25519"
-    )
-
-
-def _certificate_message(chain_der: tuple[bytes, ...]) -> bytes:
-    """The Certificate handshake message (RFC 8446 4.4.2): the same for every connection, so built once."""
-    entries = b"".join(len(der).to_bytes(3, "big") + der + b"\x00\x00" for der in chain_der)
-    body = b"\x00" + len(entries).to_bytes(3, "big") + entries
-    return bytes((HandshakeType.CERTIFICATE,)) + len(body).to_bytes(3, "big") + body
-
-
-@dataclass(frozen=True, slots=True)
-class KeylessIdentity:
-    """A keyless site's public half: the chain we send, the id the key server knows the key by, what it can sign."""
-
-    chain_der: tuple[bytes, ...]  # leaf first, DER
-    key_id: bytes  # SHA-256 of the leaf's SubjectPublicKeyInfo DER (what the key server uses)
-    signature_algorithms: tuple[int, ...]  # TLS SignatureSchemes this key can make in TLS 1.3, preference order
-    public_key: CertificatePublicKeyTypes = field(init=False, repr=False, compare=False)
-    certificate_message: bytes = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if not self.chain_der:
-            raise ValueError("keyless identity: the certificate chain is empty")
-        try:
-            leaf = x509.load_der_x509_certificate(self.chain_der[0])
-            public_key = leaf.public_key()
-        except ValueError as exc:
-            raise ValueError(f"keyless identity: the leaf certificate cannot be read: {exc}") from exc
-        spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        if self.key_id != hashlib.sha256(spki).digest():
-            raise ValueError("keyless identity: key_id is not the SHA-256 of the leaf's SubjectPublicKeyInfo")
-        possible = signature_algorithms_for(public_key)
-        if not self.signature_algorithms or not set(self.signature_algorithms) <= set(possible):
-            raise ValueError(
-                f"keyless identity: this key signs with {[hex(a) for a in possible]} in TLS 1.3, "
-                f"not {[hex(a) for a in self.signature_algorithms]}"
-            )
-        object.__setattr__(self, "public_key", public_key)
-        object.__setattr__(self, "certificate_message", _certificate_message(self.chain_der))
-
-    @classmethod
-    def from_pem_chain(cls, pem: bytes) -> KeylessIdentity:
-        """The identity of a PEM chain (leaf first); ValueError with the reason when it cannot be served keylessly."""
-        try:
-            certificates = x509.load_pem_x509_certificates(pem)
-        except ValueError as exc:
-            raise ValueError(f"no PEM certificate could be read: {exc}") from exc
-        public_key = certificates[0].public_key()
-        spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        return cls(
-            chain_der=tuple(c.public_bytes(serialization.Encoding.DER) for c in certificates),
-            key_id=hashlib.sha256(spki).digest(),
-            signature_algorithms=signature_algorithms_for(public_key),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,101 +177,6 @@ class _Offer:
     share: bytes | None
     alpn: str | None
     server_name: str | None
-
-
-def _handshake_message(message_type: int, body: bytes) -> bytes:
-    return bytes((message_type,)) + len(body).to_bytes(3, "big") + body
-
-
-def _extension(extension_type: int, body: bytes) -> bytes:
-    return extension_type.to_bytes(2, "big") + len(body).to_bytes(2, "big") + body
-
-
-# Our messages are few and fixed in shape, so they are assembled directly: aioquic's push_* encoders spend ~20 us
-# each on context managers, a tenth of a handshake's CPU. The tests read them back with aioquic's parsers.
-
-_SUPPORTED_VERSIONS_13 = _extension(ExtensionType.SUPPORTED_VERSIONS, TLS_VERSION_1_3.to_bytes(2, "big"))
-
-
-def encode_server_hello(random: bytes, session_id: bytes, suite: int, extensions: bytes) -> bytes:
-    """ServerHello or HelloRetryRequest (RFC 8446 4.1.3); ``extensions`` follow supported_versions."""
-    extensions = _SUPPORTED_VERSIONS_13 + extensions
-    body = b"".join((
-        b"\x03\x03",
-        random,
-        bytes((len(session_id),)),
-        session_id,
-        suite.to_bytes(2, "big"),
-        b"\x00",
-        len(extensions).to_bytes(2, "big"),
-        extensions,
-    ))
-    return _handshake_message(HandshakeType.SERVER_HELLO, body)
-
-
-def encode_encrypted_extensions(alpn: str | None, acknowledge_sni: bool) -> bytes:
-    """EncryptedExtensions (4.3.1): the chosen ALPN protocol; an empty server_name when the SNI was used (RFC 6066)."""
-    extensions = b""
-    if alpn is not None:
-        name = alpn.encode("ascii")
-        extensions += _extension(ExtensionType.ALPN, (len(name) + 1).to_bytes(2, "big") + bytes((len(name),)) + name)
-    if acknowledge_sni:
-        extensions += _extension(ExtensionType.SERVER_NAME, b"")
-    return _handshake_message(HandshakeType.ENCRYPTED_EXTENSIONS, len(extensions).to_bytes(2, "big") + extensions)
-
-
-def encode_certificate_verify(algorithm: int, signature: bytes) -> bytes:
-    body = algorithm.to_bytes(2, "big") + len(signature).to_bytes(2, "big") + signature
-    return _handshake_message(HandshakeType.CERTIFICATE_VERIFY, body)
-
-
-def encode_new_session_ticket(lifetime: int, age_add: int, nonce: bytes, ticket: bytes) -> bytes:
-    """NewSessionTicket (4.6.1) with no extensions: no early_data, so no 0-RTT."""
-    body = b"".join((
-        struct.pack("!IIB", lifetime, age_add, len(nonce)),
-        nonce,
-        len(ticket).to_bytes(2, "big"),
-        ticket,
-        b"\x00\x00",
-    ))
-    return _handshake_message(HandshakeType.NEW_SESSION_TICKET, body)
-
-
-def _extension_types(raw: bytes) -> list[int]:
-    """The extension types of a ClientHello aioquic has parsed (so the framing is known to be sound), in order."""
-    pos = 4 + 2 + 32
-    pos += 1 + raw[pos]  # legacy_session_id
-    pos += 2 + int.from_bytes(raw[pos : pos + 2], "big")  # cipher_suites
-    pos += 1 + raw[pos]  # legacy_compression_methods
-    end = pos + 2 + int.from_bytes(raw[pos : pos + 2], "big")
-    pos += 2
-    types = []
-    while pos + 4 <= end:
-        types.append(int.from_bytes(raw[pos : pos + 2], "big"))
-        pos += 4 + int.from_bytes(raw[pos + 2 : pos + 4], "big")
-    return types
-
-
-def _key_exchange(group: Group, share: bytes) -> tuple[bytes, bytes]:
-    """Our key share and the shared secret for the client's ``share`` (RFC 8446 4.2.8, 7.4)."""
-    try:
-        if group == Group.X25519:
-            if len(share) != 32:
-                raise ValueError("an X25519 share is 32 bytes")
-            x_private = x25519.X25519PrivateKey.generate()
-            shared = x_private.exchange(x25519.X25519PublicKey.from_public_bytes(share))
-            return x_private.public_key().public_bytes_raw(), shared
-        curve, length = _CURVES[group]
-        if len(share) != length or share[0] != 4:
-            raise ValueError("an ECDHE share is an uncompressed point")
-        peer = ec.EllipticCurvePublicKey.from_encoded_point(curve, share)
-        ec_private = ec.generate_private_key(curve)
-        ours = ec_private.public_key().public_bytes(
-            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-        )
-        return ours, ec_private.exchange(ec.ECDH(), peer)
-    except ValueError as exc:
-        raise FatalAlert(AlertDescription.illegal_parameter, f"invalid {GROUP_NAMES[group]} key share: {exc}") from exc
 
 
 class KeylessServerConnection:
@@ -595,7 +427,7 @@ class KeylessServerConnection:
                 return
             message = bytes(buf[: 4 + length])
             del buf[: 4 + length]
-            self._handshake_message(message_type, message, events)
+            self.handshake_message(message_type, message, events)
             if self._state is _State.CLOSED:
                 return
 
@@ -605,7 +437,7 @@ class KeylessServerConnection:
                 AlertDescription.unexpected_message, f"handshake message type {message_type} while {self._state.value}"
             )
 
-    def _handshake_message(self, message_type: int, message: bytes, events: list[Event]) -> None:
+    def handshake_message(self, message_type: int, message: bytes, events: list[Event]) -> None:
         if message_type == HandshakeType.CLIENT_HELLO:
             self._client_hello(message, events)
         elif message_type == HandshakeType.FINISHED:
@@ -676,7 +508,7 @@ class KeylessServerConnection:
             raise FatalAlert(AlertDescription.decode_error, f"malformed ClientHello: {type(exc).__name__}") from exc
         if hello.supported_versions is None or TLS_VERSION_1_3 not in hello.supported_versions:
             raise FatalAlert(AlertDescription.protocol_version, "the client does not offer TLS 1.3 (TLS 1.2 or older)")
-        types = _extension_types(raw)
+        types = extension_types(raw)
         if len(types) != len(set(types)):
             raise FatalAlert(AlertDescription.illegal_parameter, "the ClientHello repeats an extension")
         if len(hello.legacy_session_id) > 32:
@@ -721,9 +553,9 @@ class KeylessServerConnection:
         digest = hashes.Hash(cipher_suite_hash(offer.suite))
         digest.update(raw)
         client_hello_hash = digest.finalize()
-        selected_group = _extension(ExtensionType.KEY_SHARE, offer.group.to_bytes(2, "big"))
+        selected_group = extension(ExtensionType.KEY_SHARE, offer.group.to_bytes(2, "big"))
         message = encode_server_hello(HELLO_RETRY_RANDOM, hello.legacy_session_id, offer.suite, selected_group)
-        self._transcript_prefix = _handshake_message(HandshakeType.MESSAGE_HASH, client_hello_hash) + message
+        self._transcript_prefix = handshake_message(HandshakeType.MESSAGE_HASH, client_hello_hash) + message
         self._writer.write(HANDSHAKE, message)
         self._send_compatibility_ccs(hello)
         self._first_hello = hello
@@ -819,11 +651,11 @@ class KeylessServerConnection:
     def _send_server_hello(self, hello: ClientHello, offer: _Offer, share: bytes, psk_index: int | None) -> None:
         key_schedule = self._key_schedule
         assert key_schedule is not None
-        our_share, shared_secret = _key_exchange(offer.group, share)
+        our_share, shared_secret = key_exchange(offer.group, share)
         key_share = offer.group.to_bytes(2, "big") + len(our_share).to_bytes(2, "big") + our_share
-        extensions = _extension(ExtensionType.KEY_SHARE, key_share)
+        extensions = extension(ExtensionType.KEY_SHARE, key_share)
         if psk_index is not None:
-            extensions += _extension(ExtensionType.PRE_SHARED_KEY, psk_index.to_bytes(2, "big"))
+            extensions += extension(ExtensionType.PRE_SHARED_KEY, psk_index.to_bytes(2, "big"))
         message = encode_server_hello(os.urandom(32), hello.legacy_session_id, offer.suite, extensions)
         key_schedule.update_hash(message)
         self._writer.write(HANDSHAKE, message)
@@ -863,7 +695,7 @@ class KeylessServerConnection:
         """Our Finished ends the flight; then the application secrets (RFC 8446 7.1) and our write key change."""
         key_schedule, offer = self._key_schedule, self._offer
         assert key_schedule is not None and offer is not None and self._server_handshake_secret is not None
-        finished = _handshake_message(
+        finished = handshake_message(
             HandshakeType.FINISHED, key_schedule.finished_verify_data(self._server_handshake_secret)
         )
         key_schedule.update_hash(finished)
@@ -944,7 +776,7 @@ class KeylessServerConnection:
     def _send_key_update(self, request_peer: bool) -> None:
         writer = self._writer
         assert writer.key is not None
-        writer.write(HANDSHAKE, _handshake_message(HandshakeType.KEY_UPDATE, bytes((int(request_peer),))))
+        writer.write(HANDSHAKE, handshake_message(HandshakeType.KEY_UPDATE, bytes((int(request_peer),))))
         writer.key = writer.key.updated()
 
     # -- failure ---------------------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from tlsedge.config.errors import Problem
 from tlsedge.config.schema import Config, SiteConfig
 from tlsedge.pki.local_ca import private_file_problem
 from tlsedge.tls.keyless.client import KeyserverEndpoint, KeyserverPool
-from tlsedge.tls.keyless.engine import KeylessIdentity, KeylessServerConnection, SignatureNeeded
+from tlsedge.tls.keyless.engine import KeylessServerConnection, SignatureNeeded
+from tlsedge.tls.keyless.identity import KeylessIdentity
 from tlsedge.tls.keyless.tickets import TicketKeys
 from tlsedge.tls.keyless.transport import KeylessProtocol
 
