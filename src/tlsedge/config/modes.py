@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from tlsedge.config import certs
 from tlsedge.config.values import name_covers, parse_origin
-from tlsedge.tls.keyless.client import parse_pin
+from tlsedge.tls.keyless.client import KeyserverEndpoint, parse_pin
 
 if TYPE_CHECKING:
     from tlsedge.config.load import _Table
@@ -50,20 +50,11 @@ class PassthroughConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class KeyserverAddress:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
 class KeylessConfig:
     """``[site.keyless]``: the public chain the edge serves and the key servers that sign for it."""
 
     certificate: Path  # PEM chain, leaf first; no private key anywhere on the edge
-    servers: tuple[KeyserverAddress, ...]
+    servers: tuple[KeyserverEndpoint, ...]
     pins: tuple[bytes, ...]  # SHA-256 of the SubjectPublicKeyInfo of the key servers' certificates
     client_certificate: CertificateFiles  # the edge's identity towards the key servers (mutual TLS)
     timeout: float = 2.0  # one signature, failover included; then the handshake fails
@@ -138,10 +129,10 @@ def load_keyless(
     return KeylessConfig(chain_path, servers, pins, client, **{key: v for key, v in values.items() if v is not None})
 
 
-def _servers(k: _Table) -> tuple[KeyserverAddress, ...]:
+def _servers(k: _Table) -> tuple[KeyserverEndpoint, ...]:
     if not k.require("servers", 'list the key servers, e.g. servers = ["keys.example.net:9443"]'):
         return ()
-    servers: list[KeyserverAddress] = []
+    servers: list[KeyserverEndpoint] = []
     for where, text in k.strings("servers") or []:
         address = k.attempt(where, lambda s=text: parse_origin(s))
         if address is None:
@@ -149,7 +140,7 @@ def _servers(k: _Table) -> tuple[KeyserverAddress, ...]:
         if address.scheme is not None or address.port is None:
             k.at(where, f"{text!r}: write a key server as host:port, without a scheme (e.g. 'keys.example.net:9443')")
             continue
-        server = KeyserverAddress(address.host, address.port)
+        server = KeyserverEndpoint(address.host, address.port)
         if server in servers:
             k.at(where, f"{text!r} is listed twice; remove one")
             continue

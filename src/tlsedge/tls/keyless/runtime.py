@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from tlsedge.config.errors import Problem
 from tlsedge.config.schema import Config, SiteConfig
 from tlsedge.pki.local_ca import private_file_problem
-from tlsedge.tls.keyless.client import KeyserverEndpoint, KeyserverPool
+from tlsedge.tls.keyless.client import KeyserverPool
 from tlsedge.tls.keyless.engine import KeylessServerConnection, SignatureNeeded
 from tlsedge.tls.keyless.identity import KeylessIdentity
 from tlsedge.tls.keyless.tickets import TicketKeys
@@ -64,7 +64,7 @@ class KeylessSite:
         self.identity = identity
         self.tickets = tickets
         self.pool = KeyserverPool(
-            [KeyserverEndpoint(server.host, server.port) for server in settings.servers],
+            settings.servers,
             pins=settings.pins,
             client_cert=settings.client_certificate.cert,
             client_key=settings.client_certificate.key,
