@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -49,6 +48,7 @@ from edge_vs_nginx import (
     REPO,
     RESULTS_DIR,
     WRK_LUA,
+    BenchRun,
     CpuSampler,
     OriginRef,
     Service,
@@ -621,7 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     services: list[Service] = []
     samples: list[Sample] = []
     discarded: list[Sample] = []
-    try:
+    with BenchRun(services, tmp, args.keep_tmp) as run:
         certs = make_certificates(tmp)
         docroot = make_docroot(tmp)
         lua = tmp / "wrk.lua"
@@ -716,19 +716,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"raw numbers: {out.relative_to(REPO)}")
         return 0 if not flagged else 1
-    except KeyboardInterrupt:
-        print("\ninterrupted; stopping servers", file=sys.stderr)
-        return 130
-    except RuntimeError as e:
-        print(f"benchmark failed: {e}", file=sys.stderr)
-        return 2
-    finally:
-        for svc in reversed(services):
-            svc.stop()
-        if args.keep_tmp:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run.code
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import asyncio
 import json
 import math
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -54,6 +53,7 @@ from edge_vs_nginx import (
     REPO,
     RESULTS_DIR,
     WRK_LUA,
+    BenchRun,
     CpuSampler,
     OriginRef,
     Service,
@@ -850,7 +850,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     trials: list[Trial] = []
     profile_path: Path | None = None
     started = time.monotonic()
-    try:
+    with BenchRun(services, tmp, args.keep_tmp) as run:
         certs = make_certificates(tmp)
         docroot = make_docroot(tmp)
         lua = tmp / "wrk.lua"
@@ -960,19 +960,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.profile_format == "speedscope":
                 print(summarize_speedscope(profile_path))
         return 1 if flags else 0
-    except KeyboardInterrupt:
-        print("\ninterrupted; stopping servers", file=sys.stderr)
-        return 130
-    except RuntimeError as e:
-        print(f"benchmark failed: {e}", file=sys.stderr)
-        return 2
-    finally:
-        for svc in reversed(services):
-            svc.stop()
-        if args.keep_tmp:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run.code
 
 
 if __name__ == "__main__":

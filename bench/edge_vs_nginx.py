@@ -1080,6 +1080,37 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+class BenchRun:
+    """The end of every benchmark's ``main()``: Ctrl-C and a ``RuntimeError`` become exit codes 130 and 2 with one
+    line each, and however the run ends the started servers are stopped and the temporary directory is removed (or
+    kept with ``--keep-tmp``). ``with BenchRun(...) as run: ... return 0`` then ``return run.code``.
+    """
+
+    def __init__(self, services: list[Service], tmp: Path, keep_tmp: bool) -> None:
+        self.services = services
+        self.tmp = tmp
+        self.keep_tmp = keep_tmp
+        self.code = 0
+
+    def __enter__(self) -> BenchRun:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        if kind is KeyboardInterrupt:
+            print("\ninterrupted; stopping servers", file=sys.stderr)
+            self.code = 130
+        elif kind is not None and issubclass(kind, RuntimeError):
+            print(f"benchmark failed: {exc}", file=sys.stderr)
+            self.code = 2
+        for svc in reversed(self.services):
+            svc.stop()
+        if self.keep_tmp:
+            print(f"kept {self.tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        return self.code != 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     edge_cmd = args.edge_cmd.split() if args.edge_cmd else default_edge_cmd()
@@ -1105,7 +1136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp.chmod(0o755)  # nginx workers (and the edge, if it drops privileges) must read files in here
     services: list[Service] = []
     measurements: list[Measurement] = []
-    try:
+    with BenchRun(services, tmp, args.keep_tmp) as run:
         certs = make_certificates(tmp)
         docroot = make_docroot(tmp)
         lua = tmp / "wrk.lua"
@@ -1257,19 +1288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.profile_format == "speedscope":
                 print(summarize_speedscope(profile_path))
         return 0 if not flagged else 1
-    except KeyboardInterrupt:
-        print("\ninterrupted; stopping servers", file=sys.stderr)
-        return 130
-    except RuntimeError as e:
-        print(f"benchmark failed: {e}", file=sys.stderr)
-        return 2
-    finally:
-        for svc in reversed(services):
-            svc.stop()
-        if args.keep_tmp:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run.code
 
 
 if __name__ == "__main__":

@@ -51,7 +51,6 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import socket
 import ssl
@@ -76,6 +75,7 @@ from edge_vs_nginx import (
     REPO,
     RESULTS_DIR,
     WRK_LUA,
+    BenchRun,
     CpuSampler,
     Service,
     Window,
@@ -1169,7 +1169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     discarded_lags: list[LagSample] = []
     profile_path: Path | None = None
     started = time.monotonic()
-    try:
+    with BenchRun(services, tmp, args.keep_tmp) as run:
         certs = make_certificates(tmp)
         docroot = make_docroot(tmp)
         want = (docroot / "1k").read_bytes()
@@ -1313,19 +1313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.profile_format == "speedscope":
                 print(summarize_speedscope(profile_path))
         return 1 if flags else 0
-    except KeyboardInterrupt:
-        print("\ninterrupted; stopping servers", file=sys.stderr)
-        return 130
-    except RuntimeError as e:
-        print(f"benchmark failed: {e}", file=sys.stderr)
-        return 2
-    finally:
-        for svc in reversed(services):
-            svc.stop()
-        if args.keep_tmp:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run.code
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ import math
 import multiprocessing as mp
 import os
 import re
-import shutil
 import signal
 import socket
 import ssl
@@ -59,6 +58,7 @@ from edge_vs_nginx import (
     LOOPBACK,
     REPO,
     RESULTS_DIR,
+    BenchRun,
     CpuSampler,
     OriginRef,
     Service,
@@ -703,7 +703,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     services: list[Service] = []
     samples: list[Sample] = []
     discarded: list[Sample] = []
-    try:
+    with BenchRun(services, tmp, args.keep_tmp) as run:
         certs = make_certificates(tmp)
         certs["key"].chmod(0o600)  # the key server refuses a key file others can read
         kcerts = make_keyless_certificates(tmp / "keyless-pki")
@@ -788,19 +788,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }, indent=2))  # fmt: skip
         print(f"raw numbers: {out.relative_to(REPO)}")
         return 1 if flagged else 0
-    except KeyboardInterrupt:
-        print("\ninterrupted; stopping servers", file=sys.stderr)
-        return 130
-    except RuntimeError as e:
-        print(f"benchmark failed: {e}", file=sys.stderr)
-        return 2
-    finally:
-        for svc in reversed(services):
-            svc.stop()
-        if args.keep_tmp:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run.code
 
 
 if __name__ == "__main__":

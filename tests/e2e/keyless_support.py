@@ -23,15 +23,13 @@ import ssl
 import subprocess
 import sys
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from cryptography.x509.oid import NameOID
 from e2e_support import RawConn, Response, free_port, site, stop_process, wait_for
 
 from tlsedge.pki.local_ca import LocalCA, private_key_pem, self_signed, write_private
@@ -67,23 +65,8 @@ class SiteKey:
 
 
 def _leaf(ca: LocalCA, key: PrivateKeyTypes, names: list[str], *, client: bool = False) -> bytes:
-    """A leaf signed by ``ca`` for any key type (LocalCA.issue makes only P-256 and RSA keys)."""
-    now = datetime.now(UTC)
-    usage = x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH if client else x509.oid.ExtendedKeyUsageOID.SERVER_AUTH
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())  # type: ignore[arg-type]
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .sign(ca.key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM)
+    """A server (or client-only) leaf signed by ``ca`` for any key type."""
+    return ca.issue_for_key(names, key, days=30, server=not client, client=client)
 
 
 def _new_key(kind: str) -> PrivateKeyTypes:

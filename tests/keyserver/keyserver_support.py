@@ -70,19 +70,7 @@ class KsPki:
 
 
 def _site_cert(ca: LocalCA, key: Any, names: Sequence[str]) -> bytes:
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-        .sign(ca.key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM)
+    return ca.issue_for_key(names, key, days=30)
 
 
 def _uri_edge(ca: LocalCA, directory: Path) -> Edge:

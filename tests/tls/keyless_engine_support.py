@@ -17,16 +17,13 @@ import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from aioquic.tls import signature_algorithm_params
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519
-from cryptography.x509.oid import NameOID
 
-from tlsedge.pki.local_ca import LocalCA, key_usage
+from tlsedge.pki.local_ca import LocalCA
 from tlsedge.tls.keyless.engine import (
     ApplicationData,
     CloseNotify,
@@ -57,21 +54,7 @@ def new_key(kind: str) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed255
 
 def leaf_pem(ca: LocalCA, key, names: tuple[str, ...] = (NAME,)) -> bytes:
     """A server certificate for ``names`` with ``key``'s public half, issued by ``ca`` (any key type)."""
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(key_usage(digital_signature=True), critical=True)
-        .sign(ca.key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM)
+    return ca.issue_for_key(names, key, days=1)
 
 
 class LocalSigner:

@@ -92,7 +92,7 @@ def _validity(days: int, not_before: datetime | None, not_after: datetime | None
 
 def _leaf(
     names: Sequence[str],
-    key: PrivateKey,
+    key: PrivateKeyTypes,
     issuer: x509.Name,
     issuer_key: PrivateKey,
     *,
@@ -222,6 +222,23 @@ class LocalCA:
     ) -> IssuedCert:
         """A leaf for ``names`` (DNS names or IP literals; CN = first name), signed by this CA."""
         key = _new_key(key_type)
+        cert_pem = self.issue_for_key(
+            names, key, days=days, not_before=not_before, not_after=not_after, server=server, client=client
+        )
+        return IssuedCert(cert_pem, private_key_pem(key))
+
+    def issue_for_key(
+        self,
+        names: Sequence[str],
+        key: PrivateKeyTypes,
+        *,
+        days: int = 90,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+        server: bool = True,
+        client: bool = False,
+    ) -> bytes:
+        """The PEM leaf for an existing key of any type (P-384 and Ed25519 too, which ``issue`` does not make)."""
         start, end = _validity(days, not_before, not_after)
         ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         cert = _leaf(
@@ -235,7 +252,7 @@ class LocalCA:
             client=client,
             aki=x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
         )
-        return IssuedCert(cert.public_bytes(serialization.Encoding.PEM), private_key_pem(key))
+        return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def self_signed(names: Sequence[str], *, key_type: str = "ecdsa", days: int = 90) -> IssuedCert:

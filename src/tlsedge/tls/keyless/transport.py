@@ -31,24 +31,13 @@ Signer = Callable[[SignatureNeeded], Awaitable[bytes]]
 
 
 class KeylessSession:
-    """What ``get_extra_info("ssl_object")`` returns: the negotiated parameters, and the site (read by TlsTable)."""
+    """What ``get_extra_info("ssl_object")`` returns: the site (read by ``TlsTable.site_of``) and the cipher suite."""
 
-    __slots__ = ("alpn", "cipher_suite", "resumed", "tlsedge_site")
+    __slots__ = ("cipher_suite", "tlsedge_site")
 
     def __init__(self, site: str, done: HandshakeComplete) -> None:
         self.tlsedge_site = site
-        self.alpn = done.alpn
         self.cipher_suite = done.cipher_suite
-        self.resumed = done.resumed
-
-    def selected_alpn_protocol(self) -> str | None:
-        return self.alpn
-
-    def version(self) -> str:
-        return "TLSv1.3"
-
-    def session_reused(self) -> bool:
-        return self.resumed
 
 
 class KeylessProtocol(asyncio.Protocol):
