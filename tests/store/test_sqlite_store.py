@@ -284,3 +284,29 @@ def test_a_forked_child_reopens_the_connection(tmp_path):
     assert store.get("from-child").value == str(child.pid).encode()
     assert store.put("from-parent", b"2") == 2  # the parent's own connection still works
     store.close()
+
+
+def _open_at_once(path: Path, barrier, results) -> None:
+    store = SqliteStore(path)
+    barrier.wait()
+    try:
+        store.topic_version("x")
+        results.put("ok")
+    except StoreError as exc:
+        results.put(str(exc))
+
+
+def test_processes_opening_a_new_file_at_once_all_succeed(tmp_path):
+    """Workers of a new edge open the fresh store together: SQLite refuses one of two simultaneous WAL/schema
+    set-ups with "database is locked" without waiting, which the open must retry (before: ~1 in 100 opens failed)."""
+    outcomes = []
+    for round_ in range(40):
+        barrier, results = _FORK.Barrier(8), _FORK.Queue()
+        path = tmp_path / str(round_) / FILE_NAME
+        procs = [_FORK.Process(target=_open_at_once, args=(path, barrier, results)) for _ in range(8)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(timeout=30)
+        outcomes += [results.get(timeout=5) for _ in procs]
+    assert outcomes == ["ok"] * len(outcomes)

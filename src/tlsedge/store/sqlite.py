@@ -19,6 +19,7 @@ from tlsedge.store.base import Entry, StoreError
 
 FILE_NAME = "store.sqlite3"
 _BUSY_TIMEOUT_MS = 5000
+_OPEN_RETRY = 0.02  # seconds between two tries to open a file another process is setting up
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -49,19 +50,38 @@ class SqliteStore:
         return self._db
 
     def _open(self) -> sqlite3.Connection:
+        """Open (and on first use create) the file; processes opening a new file at once are retried, not failed.
+
+        Switching a fresh file to WAL and creating the tables need the write lock, and SQLite answers "database is
+        locked" at once, without its busy handler, when two connections upgrade from reading at the same moment
+        (workers of a new edge starting together did): such an open is tried again until the busy timeout.
+        """
+        deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                return self._try_open()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise StoreError(f"cannot open the store {str(self.path)!r}: {exc}") from None
+                time.sleep(_OPEN_RETRY)
+            except (OSError, sqlite3.Error) as exc:
+                raise StoreError(f"cannot open the store {str(self.path)!r}: {exc}") from None
+
+    def _try_open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.fchmod(fd, 0o600)
+        os.close(fd)
+        db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                             check_same_thread=False)
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.fchmod(fd, 0o600)
-            os.close(fd)
-            db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                                 check_same_thread=False)
             db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
             db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open the store {str(self.path)!r}: {exc}") from None
+        except sqlite3.Error:
+            db.close()
+            raise
         return db
 
     def _run(self, sql: str, args: tuple = ()) -> list[tuple]:
